@@ -1,0 +1,61 @@
+"""Transport-neutral pieces of the Batch API: paths, body decoding and pagination.
+
+Shared by the sync hook (requests) and the async trigger client (httpx), so both build the same URLs and
+read pages the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError, SentinelBatchConfigError
+
+
+def batch_root(base_url: str, api_version: str) -> str:
+    return f"{base_url}/api/{api_version}/batch"
+
+
+def process_url(base_url: str, api_version: str, request_id: str | None = None, action: str | None = None) -> str:
+    url = f"{batch_root(base_url, api_version)}/process"
+    if request_id is not None:
+        if not str(request_id).strip() or "/" in str(request_id):
+            raise SentinelBatchConfigError(f"request id {request_id!r} is not a valid batch request id")
+        url += f"/{request_id}"
+    if action:
+        url += f"/{action}"
+    return url
+
+
+def grids_url(base_url: str, api_version: str, grid_id: int | None = None) -> str:
+    url = f"{batch_root(base_url, api_version)}/tilinggrids"
+    return url if grid_id is None else f"{url}/{int(grid_id)}"
+
+
+def decode_body(status: int, text: str, method: str, url: str) -> Any:
+    """204 and empty bodies are ``None``; anything else must be JSON (a clear error if the service sent HTML)."""
+    if status == 204 or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SentinelBatchAPIError(
+            status=status,
+            method=method,
+            url=url,
+            message=f"expected a JSON body, got: {text.strip()[:200]!r}",
+            code="NON_JSON_RESPONSE",
+        ) from None
+
+
+def page_items(body: Any, method: str, url: str) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """``(items, next_token, next_url)`` of one list page; follows ``links.nextToken`` first, else ``links.next``."""
+    if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
+        raise SentinelBatchAPIError(
+            status=200, method=method, url=url, message=f"expected a list page {{'data': [...]}}, got {body!r:.200}"
+        )
+    items = body.get("data") or []
+    links = body.get("links") or {}
+    if not items:
+        return [], None, None
+    return items, links.get("nextToken") or None, links.get("next") or None

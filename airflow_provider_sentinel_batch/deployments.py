@@ -1,0 +1,192 @@
+"""Sentinel Hub deployments and the connection settings derived from an Airflow connection.
+
+A deployment is more than a URL: Sentinel Hub (Planet) and CDSE use different identity providers, so the base
+URL and the token URL must be chosen together (a CDSE token on services.sentinel-hub.com gives a baffling 401).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
+
+API_VERSIONS = ("v1", "v2")
+DEFAULT_API_VERSION = "v2"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    base_url: str
+    token_url: str
+    dashboard_url: str
+    realm: str
+
+
+_SH_TOKEN = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
+
+DEPLOYMENTS: dict[str, Deployment] = {
+    "sentinel-hub-eu": Deployment(
+        "sentinel-hub-eu",
+        "https://services.sentinel-hub.com",
+        _SH_TOKEN,
+        "https://apps.sentinel-hub.com/dashboard/#/batch",
+        "main",
+    ),
+    "sentinel-hub-us": Deployment(
+        "sentinel-hub-us",
+        "https://services-uswest2.sentinel-hub.com",
+        _SH_TOKEN,
+        "https://apps.sentinel-hub.com/dashboard/#/batch",
+        "main",
+    ),
+    "cdse": Deployment(
+        "cdse",
+        "https://sh.dataspace.copernicus.eu",
+        "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token",
+        "https://shapps.dataspace.copernicus.eu/dashboard/#/batch",
+        "CDSE",
+    ),
+}
+DEPLOYMENT_NAMES = (*DEPLOYMENTS, "custom")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(url: str, what: str) -> str:
+    """Plain http is only acceptable for a loopback emulator; credentials must never cross a network in clear."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SentinelBatchConfigError(f"{what} {url!r} is not an http(s) URL; expected e.g. 'https://host'.")
+    if parts.scheme == "http" and not is_loopback(url):
+        raise SentinelBatchConfigError(
+            f"{what} {url!r} uses plain http to a non-loopback host. Use https, or http only for a local "
+            "emulator on 127.0.0.1/localhost."
+        )
+    return url.rstrip("/")
+
+
+def realm_of_token_url(token_url: str) -> str | None:
+    """'main' or 'CDSE' for keycloak-style token URLs, 'legacy' for /oauth/token, None otherwise."""
+    path = urlsplit(token_url).path
+    if "/auth/realms/" in path:
+        return path.split("/auth/realms/", 1)[1].split("/", 1)[0]
+    if path.endswith("/oauth/token"):
+        return "legacy"
+    return None
+
+
+def deployment_for_base_url(base_url: str) -> Deployment | None:
+    host = urlsplit(base_url).hostname
+    for dep in DEPLOYMENTS.values():
+        if urlsplit(dep.base_url).hostname == host:
+            return dep
+    return None
+
+
+def deployment_mismatch(base_url: str, token_url: str) -> str | None:
+    """A warning when the token issuer cannot serve the base URL's deployment (e.g. CDSE token, SH base URL)."""
+    dep = deployment_for_base_url(base_url)
+    realm = realm_of_token_url(token_url)
+    if dep is None or realm is None:
+        return None
+    if dep.realm == "CDSE" and realm != "CDSE":
+        return f"token URL {token_url} issues Sentinel Hub tokens, but {base_url} is CDSE: expect 401."
+    if dep.realm == "main" and realm == "CDSE":
+        return f"token URL {token_url} issues CDSE tokens, but {base_url} is Sentinel Hub: expect 401."
+    return None
+
+
+class _ConnectionLike(Protocol):
+    login: str | None
+    password: str | None
+    host: str | None
+    port: int | None
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Everything a client needs to talk to one deployment. The secret is excluded from repr."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    base_url: str
+    token_url: str
+    api_version: str = DEFAULT_API_VERSION
+    deployment: str = "custom"
+    conn_id: str | None = None
+
+    @property
+    def dashboard_url(self) -> str | None:
+        dep = DEPLOYMENTS.get(self.deployment) or deployment_for_base_url(self.base_url)
+        return dep.dashboard_url if dep else None
+
+    def non_secret(self) -> dict[str, Any]:
+        """Primitive kwargs safe to serialize (trigger kwargs, logs)."""
+        return {
+            "client_id": self.client_id,
+            "base_url": self.base_url,
+            "token_url": self.token_url,
+            "api_version": self.api_version,
+            "deployment": self.deployment,
+            "conn_id": self.conn_id,
+        }
+
+
+def check_api_version(api_version: str | None) -> str:
+    version = (api_version or DEFAULT_API_VERSION).lower()
+    if version not in API_VERSIONS:
+        raise SentinelBatchConfigError(f"api_version must be 'v1' or 'v2', got {api_version!r}.")
+    return version
+
+
+def settings_from_connection(conn: _ConnectionLike, extra: dict[str, Any]) -> ConnectionSettings:
+    """Resolve a `sentinel_batch` connection (JSON or URI form) into settings, with errors that say what to fix."""
+    conn_id = getattr(conn, "conn_id", None)
+    # Airflow 2.x UI forms may store custom fields as "extra__sentinel_batch__<field>"
+    extra = {k.removeprefix("extra__sentinel_batch__"): v for k, v in (extra or {}).items()}
+    where = f"connection {conn_id!r}" if conn_id else "the connection"
+    if not conn.login or not conn.password:
+        raise SentinelBatchConfigError(
+            f"{where} needs the OAuth client id as login and the client secret as password."
+        )
+    name = str(extra.get("deployment") or "").strip().lower() or None
+    base_url = extra.get("base_url") or None
+    token_url = extra.get("token_url") or None
+    if not base_url and conn.host:
+        host = conn.host if "://" in conn.host else f"https://{conn.host}"
+        base_url = f"{host}:{conn.port}" if conn.port and "://" not in conn.host else host
+    if name is None:
+        name = "custom" if base_url and token_url else "sentinel-hub-eu"
+    if name not in DEPLOYMENT_NAMES:
+        raise SentinelBatchConfigError(
+            f"{where}: unknown deployment {name!r}; choose one of {', '.join(DEPLOYMENT_NAMES)}."
+        )
+    preset = DEPLOYMENTS.get(name)
+    base_url = base_url or (preset.base_url if preset else None)
+    token_url = token_url or (preset.token_url if preset else None)
+    if not base_url or not token_url:
+        raise SentinelBatchConfigError(
+            f"{where}: deployment 'custom' needs both 'base_url' and 'token_url' in the connection extra."
+        )
+    return ConnectionSettings(
+        client_id=conn.login,
+        client_secret=conn.password,
+        base_url=check_transport(str(base_url), "base URL"),
+        token_url=check_transport(str(token_url), "token URL"),
+        api_version=check_api_version(extra.get("api_version")),
+        deployment=name,
+        conn_id=conn_id,
+    )

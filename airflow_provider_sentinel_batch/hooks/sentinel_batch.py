@@ -1,0 +1,403 @@
+"""``SentinelBatchHook``: the whole Sentinel Hub Batch API (v1 and v2) over one OAuth2 session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseHook
+
+from airflow_provider_sentinel_batch import api
+from airflow_provider_sentinel_batch.deployments import (
+    DEPLOYMENTS,
+    ConnectionSettings,
+    check_api_version,
+    deployment_mismatch,
+    settings_from_connection,
+)
+from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchError
+from airflow_provider_sentinel_batch.models import output_location
+from airflow_provider_sentinel_batch.retry import (
+    RECENT_REQUESTS,
+    RetryPolicy,
+    TransientError,
+    classify_response,
+    connection_error,
+    final_error,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+_GRID_CACHE: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
+_GRID_CACHE_LOCK = threading.Lock()
+GRID_CACHE_SECONDS = 3600.0
+
+
+class SentinelBatchHook(BaseHook):
+    """Sentinel Hub Batch Processing API client (sync), for operators and for your own tasks.
+
+    Tokens come from a process-wide cache shared with every other hook and trigger of the same client, and
+    every call goes through one retry policy (429 ``Retry-After`` in ms, 5xx/connection backoff, 404 grace after
+    create). Methods take ``api_version`` to override the connection's default (``v2`` unless set).
+
+    :param sentinel_batch_conn_id: Airflow connection of type ``sentinel_batch``.
+    :param api_version: ``"v1"`` or ``"v2"``; defaults to the connection's ``api_version`` extra.
+    :param retry_policy: bounds for retries; the defaults suit production.
+    :param timeout: seconds per HTTP request.
+    """
+
+    conn_name_attr = "sentinel_batch_conn_id"
+    default_conn_name = "sentinel_batch_default"
+    conn_type = "sentinel_batch"
+    hook_name = "Sentinel Hub Batch"
+
+    def __init__(
+        self,
+        *,
+        sentinel_batch_conn_id: str = default_conn_name,
+        api_version: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        settings: ConnectionSettings | None = None,
+    ) -> None:
+        super().__init__()
+        self.sentinel_batch_conn_id = sentinel_batch_conn_id
+        self._api_version = check_api_version(api_version) if api_version else None
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.timeout = timeout
+        self._sleep: Callable[[float], None] | None = None  # tests inject a fake clock here
+        if settings is not None:
+            self.__dict__["settings"] = settings
+
+    # ----------------------------------------------------------------------------------- connection & auth
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Airflow < 3.2 form layout (3.2+ reads ``conn-fields`` from the provider info instead)."""
+        return {
+            "hidden_fields": ["schema", "port", "host", "extra"],
+            "relabeling": {"login": "Client ID", "password": "Client secret"},
+            "placeholders": {"login": "OAuth client id", "password": "OAuth client secret"},
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Airflow < 3.2 custom fields: deployment preset, URL overrides, default API version."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget, Select2Widget
+        from flask_babel import lazy_gettext
+        from wtforms import SelectField, StringField
+
+        deployments = [(name, name) for name in (*DEPLOYMENTS, "custom")]
+        return {
+            "deployment": SelectField(
+                lazy_gettext("Deployment"), choices=deployments, widget=Select2Widget(), default="sentinel-hub-eu"
+            ),
+            "base_url": StringField(lazy_gettext("Base URL (override)"), widget=BS3TextFieldWidget()),
+            "token_url": StringField(lazy_gettext("Token URL (override)"), widget=BS3TextFieldWidget()),
+            "api_version": SelectField(
+                lazy_gettext("Default Batch API version"),
+                choices=[("v2", "v2"), ("v1", "v1")],
+                widget=Select2Widget(),
+                default="v2",
+            ),
+        }
+
+    @cached_property
+    def settings(self) -> ConnectionSettings:
+        conn = self.get_connection(self.sentinel_batch_conn_id)
+        return settings_from_connection(conn, conn.extra_dejson)
+
+    @property
+    def api_version(self) -> str:
+        return self._api_version or self.settings.api_version
+
+    def _version(self, api_version: str | None) -> str:
+        return check_api_version(api_version) if api_version else self.api_version
+
+    @cached_property
+    def session(self) -> requests.Session:
+        import requests
+
+        session = requests.Session()
+        session.headers["User-Agent"] = "airflow-provider-sentinel-batch"
+        session.auth = _BearerAuth(self)
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """A ``requests.Session`` that authenticates every call with the cached token (for raw API calls)."""
+        return self.session
+
+    def get_token(self) -> str:
+        from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, fetch_token_sync, token_key
+
+        settings = self.settings
+        return TOKEN_CACHE.get_sync(
+            token_key(settings),
+            lambda: fetch_token_sync(settings, policy=self.retry_policy, timeout=self.timeout, sleep=self._sleep),
+        )
+
+    # --------------------------------------------------------------------------------------- transport
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """One API call with the shared retry policy; returns the decoded JSON body (``None`` for 204)."""
+        import requests
+
+        from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, token_key
+
+        def once() -> requests.Response:
+            for refreshed in (False, True):
+                token = self.get_token()
+                try:
+                    response = self.session.request(
+                        method, url, params=params, json=json, timeout=self.timeout, auth=_StaticBearer(token)
+                    )
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    raise connection_error(method, url, exc) from None
+                if response.status_code == 401 and not refreshed:
+                    # expired or revoked early: drop this token, fetch a new one, try once more
+                    TOKEN_CACHE.invalidate(token_key(self.settings), token)
+                    continue
+                classify_response(
+                    status=response.status_code,
+                    method=method,
+                    url=url,
+                    body=response.content,
+                    headers=response.headers,
+                    reason=response.reason,
+                    not_found_retryable=RECENT_REQUESTS.within(request_id, self.retry_policy.not_found_grace),
+                )
+                return response
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        try:
+            for attempt in self.retry_policy.retrying(f"{method} {url}", self._sleep):
+                with attempt:
+                    response = once()
+        except TransientError as exc:
+            error = final_error(exc)
+            if request_id and hasattr(error, "request_id"):
+                error.request_id = request_id
+            raise error from None
+        return api.decode_body(response.status_code, response.text, method, url)
+
+    def _paginate(
+        self, url: str, params: dict[str, Any], *, request_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Follow ``links.nextToken`` (sent back as ``viewtoken``) or else ``links.next`` until the last page."""
+        next_url: str | None = url
+        seen: set[str] = set()
+        while next_url:
+            body = self._call("GET", next_url, params=params, request_id=request_id)
+            items, token, link = api.page_items(body, "GET", next_url)
+            yield from items
+            if token and token not in seen:
+                seen.add(token)
+                params = {**params, "viewtoken": token}
+            elif link and link not in seen and not token:
+                seen.add(link)
+                next_url, params = link, {}
+            else:
+                next_url = None
+
+    # ------------------------------------------------------------------------------- requests (v1 + v2)
+    def create_request(
+        self, payload: dict[str, Any], *, api_version: str | None = None, validate: bool = True
+    ) -> dict[str, Any]:
+        """POST a new batch request (201). Validates locally first, so a bad payload costs nothing."""
+        version = self._version(api_version)
+        if validate:
+            self.validate_payload(payload, api_version=version)
+        body = self._call("POST", api.process_url(self.settings.base_url, version), json=payload)
+        if not isinstance(body, dict) or not body.get("id"):
+            raise SentinelBatchError(f"Create answered without a request id: {body!r:.300}")
+        RECENT_REQUESTS.note(body["id"])
+        self.log.info("Created batch %s request %s", version, body["id"])
+        return body
+
+    def iter_requests(
+        self,
+        *,
+        search: str | None = None,
+        sort: str | None = None,
+        page_size: int | None = None,
+        user_id: str | None = None,
+        api_version: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every request of the account, page by page. ``search`` matches descriptions (``|`` OR, ``&`` AND)."""
+        params = {
+            k: v for k, v in {"search": search, "sort": sort, "count": page_size, "userid": user_id}.items() if v
+        }
+        return self._paginate(api.process_url(self.settings.base_url, self._version(api_version)), params)
+
+    def list_requests(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self.iter_requests(**kwargs))
+
+    def get_request(self, request_id: str, *, api_version: str | None = None) -> dict[str, Any]:
+        url = api.process_url(self.settings.base_url, self._version(api_version), request_id)
+        return self._call("GET", url, request_id=request_id)
+
+    def get_status(self, request_id: str, *, api_version: str | None = None) -> str:
+        return str(self.get_request(request_id, api_version=api_version).get("status"))
+
+    def get_user_action(self, request_id: str, *, api_version: str | None = None) -> str | None:
+        return self.get_request(request_id, api_version=api_version).get("userAction")
+
+    def update_request(
+        self,
+        request_id: str,
+        *,
+        description: str | None = None,
+        output: dict[str, Any] | None = None,
+        api_version: str | None = None,
+    ) -> dict[str, Any]:
+        """PUT: v1 may change ``description`` and ``output.collectionId``; v2 only ``description``."""
+        version = self._version(api_version)
+        body: dict[str, Any] = {}
+        if description is not None:
+            body["description"] = description
+        if output is not None:
+            if version == "v2":
+                raise SentinelBatchConfigError("Batch v2 can only update 'description', not 'output'.")
+            body["output"] = output
+        if not body:
+            raise SentinelBatchConfigError("update_request needs 'description' or 'output'.")
+        url = api.process_url(self.settings.base_url, version, request_id)
+        return self._call("PUT", url, json=body, request_id=request_id)
+
+    def delete_request(self, request_id: str) -> None:
+        """v1 only: delete a request that is not processing (409 otherwise)."""
+        url = api.process_url(self.settings.base_url, "v1", request_id)
+        self._call("DELETE", url, request_id=request_id)
+        self.log.info("Deleted batch v1 request %s", request_id)
+
+    def _action(self, request_id: str, action: str, api_version: str | None) -> None:
+        url = api.process_url(self.settings.base_url, self._version(api_version), request_id, action)
+        self._call("POST", url, request_id=request_id)
+        self.log.info("Batch request %s: %s accepted", request_id, action)
+
+    def analyse(self, request_id: str, *, api_version: str | None = None) -> None:
+        """Ask for analysis (tile list and, on v1, ``valueEstimate``); free of processing cost."""
+        self._action(request_id, "analyse", api_version)
+
+    def start(self, request_id: str, *, api_version: str | None = None) -> None:
+        """Start processing (this is what costs PU); analysis runs first if it has not."""
+        self._action(request_id, "start", api_version)
+
+    def cancel(self, request_id: str) -> None:
+        """v1 CANCEL (unspent reserved PU are returned)."""
+        self._action(request_id, "cancel", "v1")
+
+    def stop(self, request_id: str) -> None:
+        """v2 STOP (no restart for 30 minutes afterwards)."""
+        self._action(request_id, "stop", "v2")
+
+    def stop_or_cancel(self, request_id: str, *, api_version: str | None = None) -> None:
+        """Version-neutral: v1 cancel, v2 stop."""
+        version = self._version(api_version)
+        self._action(request_id, "cancel" if version == "v1" else "stop", version)
+
+    def restart_partial(self, request_id: str) -> None:
+        """v1: re-run the FAILED tiles of a PARTIAL request (400 in any other status)."""
+        self._action(request_id, "restartpartial", "v1")
+
+    # ---------------------------------------------------------------------------------------- v1 tiles
+    def iter_tiles(
+        self, request_id: str, *, status: str | None = None, page_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """v1 tiles of an analysed request, optionally filtered by tile status (e.g. ``FAILED``)."""
+        params = {k: v for k, v in {"status": status, "count": page_size}.items() if v}
+        url = api.process_url(self.settings.base_url, "v1", request_id, "tiles")
+        return self._paginate(url, params, request_id=request_id)
+
+    def list_tiles(self, request_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self.iter_tiles(request_id, **kwargs))
+
+    def get_tile(self, request_id: str, tile_id: int) -> dict[str, Any]:
+        url = api.process_url(self.settings.base_url, "v1", request_id, f"tiles/{int(tile_id)}")
+        return self._call("GET", url, request_id=request_id)
+
+    # ------------------------------------------------------------------------------------ tiling grids
+    def list_tiling_grids(self, *, api_version: str | None = None, use_cache: bool = True) -> list[dict[str, Any]]:
+        """Tiling grids of the deployment (free); cached per process for an hour."""
+        version = self._version(api_version)
+        key = (self.settings.base_url, version)
+        with _GRID_CACHE_LOCK:
+            cached = _GRID_CACHE.get(key)
+        if use_cache and cached and time.monotonic() - cached[0] < GRID_CACHE_SECONDS:
+            return cached[1]
+        grids = list(self._paginate(api.grids_url(self.settings.base_url, version), {}))
+        with _GRID_CACHE_LOCK:
+            _GRID_CACHE[key] = (time.monotonic(), grids)
+        return grids
+
+    def get_tiling_grid(self, grid_id: int, *, api_version: str | None = None) -> dict[str, Any]:
+        return self._call("GET", api.grids_url(self.settings.base_url, self._version(api_version), grid_id))
+
+    # ------------------------------------------------------------------------------------ helpers
+    def validate_payload(
+        self, payload: Any, *, api_version: str | None = None, check_grids: bool = True
+    ) -> None:
+        """Local checks before a paid call; grid id and resolution against the deployment's (cached) grids."""
+        from airflow_provider_sentinel_batch.validation import validate_payload
+
+        version = self._version(api_version)
+        validate_payload(payload, version)  # shape first: no network for an obviously broken payload
+        if check_grids:
+            validate_payload(payload, version, grids=self.list_tiling_grids(api_version=version))
+
+    def dashboard_url(self, request_id: str) -> str | None:
+        base = self.settings.dashboard_url
+        return f"{base}/{request_id}" if base else None
+
+    def output_location(self, payload: dict[str, Any], *, api_version: str | None = None) -> str | None:
+        return output_location(self._version(api_version), payload)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Fetch a token and list tiling grids: free of PU, and proves both URLs and the credentials."""
+        try:
+            settings = self.settings
+            self.get_token()
+            grids = self.list_tiling_grids(use_cache=False)
+        except Exception as exc:
+            return False, str(exc)
+        message = (
+            f"Connected to {settings.deployment} ({settings.base_url}, Batch {self.api_version}): "
+            f"token issued, {len(grids)} tiling grids visible."
+        )
+        warning = deployment_mismatch(settings.base_url, settings.token_url)
+        if warning:
+            message += f" Warning: {warning}"
+        return True, message
+
+
+class _BearerAuth:
+    """``requests`` auth that adds the cached token, for sessions handed out by :meth:`get_conn`."""
+
+    def __init__(self, hook: SentinelBatchHook) -> None:
+        self._hook = hook
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = f"Bearer {self._hook.get_token()}"
+        return request
+
+
+class _StaticBearer:
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_StaticBearer(<token>)"

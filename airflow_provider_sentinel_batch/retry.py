@@ -1,0 +1,191 @@
+"""The retry policy, written once and used by both transports (sync hook and async trigger client).
+
+Transports turn each response into either a result, a permanent error, or a :class:`TransientError`
+(via :func:`classify_response`); tenacity then decides how long to wait and when to give up, with the same
+rules on both sides:
+
+* 429: wait ``Retry-After`` (milliseconds on Sentinel Hub) or ``default_retry_after`` when absent;
+* 5xx and connection errors: exponential backoff with jitter;
+* 404 on a request created moments ago: retried until ``not_found_grace`` has passed since creation, because
+  the service's read side lags its write side.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from airflow_provider_sentinel_batch.exceptions import (
+    SentinelBatchAPIError,
+    SentinelBatchError,
+    api_error_from_response,
+)
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+CONNECTION = "connection"
+NOT_FOUND = "not_found"
+
+
+class TransientError(Exception):
+    """A failure worth retrying; ``error`` is what the caller sees if retries run out."""
+
+    def __init__(self, kind: str, error: SentinelBatchError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.kind = kind
+        self.error = error
+        self.retry_after = retry_after
+
+
+def connection_error(method: str, url: str, exc: BaseException) -> TransientError:
+    error = SentinelBatchError(f"Could not reach Sentinel Hub at {method} {url}: {type(exc).__name__}: {exc}")
+    return TransientError(CONNECTION, error)
+
+
+def classify_response(
+    *,
+    status: int,
+    method: str,
+    url: str,
+    body: bytes | str | None,
+    headers: Mapping[str, str],
+    reason: str | None = None,
+    not_found_retryable: bool = False,
+) -> None:
+    """Return for 2xx/3xx; raise :class:`TransientError` for what is worth retrying, else the API error."""
+    if status < 400:
+        return
+    error = api_error_from_response(
+        status=status, method=method, url=url, body=body, headers=headers, reason=reason
+    )
+    if status == 429:
+        raise TransientError(RATE_LIMITED, error, error.retry_after)
+    if status >= 500:
+        raise TransientError(SERVER_ERROR, error)
+    if status == 404 and not_found_retryable:
+        raise TransientError(NOT_FOUND, error)
+    raise error
+
+
+class RecentRequests:
+    """Creation times of requests this process (or a serialized trigger) knows to be new: 404 grace window."""
+
+    def __init__(self) -> None:
+        self._created: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, request_id: str, created_at: float | None = None) -> None:
+        with self._lock:
+            if len(self._created) > 10_000:
+                cutoff = time.time() - 3600
+                self._created = {k: v for k, v in self._created.items() if v > cutoff}
+            self._created[request_id] = time.time() if created_at is None else created_at
+
+    def within(self, request_id: str | None, grace: float) -> bool:
+        if request_id is None:
+            return False
+        created = self._created.get(request_id)
+        return created is not None and time.time() - created < grace
+
+
+RECENT_REQUESTS = RecentRequests()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds for one API call. All durations in seconds. Primitive fields, so it serializes into triggers."""
+
+    max_attempts: int = 6
+    max_rate_limited: int = 30
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    jitter: float = 0.5
+    default_retry_after: float = 10.0
+    max_retry_after: float = 300.0
+    not_found_grace: float = 180.0
+    max_call_seconds: float = 1800.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RetryPolicy:
+        return cls(**dict(data)) if data else cls()
+
+    def limit(self, kind: str) -> int:
+        if kind == RATE_LIMITED:
+            return self.max_rate_limited
+        if kind == NOT_FOUND:
+            return 10_000  # bounded by the grace window instead, see classify_response callers
+        return self.max_attempts
+
+    def delay(self, kind: str, count: int, retry_after: float | None) -> float:
+        """Seconds to wait before the next try, ``count`` being how many failures of this kind so far."""
+        if kind == RATE_LIMITED:
+            base = self.default_retry_after if retry_after is None else retry_after
+            base = min(base, self.max_retry_after)
+            # a little spread so that many clients told "1 s" do not all come back at the same instant
+            return base + random.uniform(0, min(1.0, 0.1 * base))
+        backoff = min(self.backoff_max, self.backoff_initial * 2 ** max(0, count - 1))
+        return backoff * random.uniform(1.0 - self.jitter, 1.0)
+
+    def _tenacity_kwargs(self, what: str) -> dict[str, Any]:
+        counts: Counter[str] = Counter()
+        started = time.monotonic()
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if not isinstance(exc, TransientError):
+                return True
+            counts[exc.kind] += 1
+            if time.monotonic() - started > self.max_call_seconds:
+                return True
+            return counts[exc.kind] >= self.limit(exc.kind)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            assert isinstance(exc, TransientError)
+            return self.delay(exc.kind, counts[exc.kind], exc.retry_after)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            pause = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s: %s; retrying in %.1f s (try %d)", what, exc, pause, state.attempt_number + 1)
+
+        return {
+            "retry": tenacity.retry_if_exception_type(TransientError),
+            "stop": stop,
+            "wait": wait,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def retrying(self, what: str, sleep: Callable[[float], None] | None = None) -> tenacity.Retrying:
+        kwargs = self._tenacity_kwargs(what)
+        if sleep is not None:
+            kwargs["sleep"] = sleep
+        return tenacity.Retrying(**kwargs)
+
+    def async_retrying(self, what: str, sleep: Callable[[float], Any] | None = None) -> tenacity.AsyncRetrying:
+        kwargs = self._tenacity_kwargs(what)
+        if sleep is not None:
+            kwargs["sleep"] = sleep
+        return tenacity.AsyncRetrying(**kwargs)
+
+
+def final_error(exc: TransientError) -> SentinelBatchError:
+    """What the caller sees once retries are exhausted: the last underlying error, annotated."""
+    error = exc.error
+    if isinstance(error, SentinelBatchAPIError) and exc.kind == RATE_LIMITED:
+        error.args = (error.render() + "\n  (still rate limited after retrying; lower the polling rate?)",)
+    return error
