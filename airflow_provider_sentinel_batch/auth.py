@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -40,6 +42,38 @@ if TYPE_CHECKING:
     import requests
 
 TokenKey = tuple[str, str]
+
+_SECRET_PATTERN = re.compile(
+    r"""(client_secret|access_token|refresh_token|id_token)(['"]?\s*[:=]\s*['"]?)([^&'",}\s]+)""", re.IGNORECASE
+)
+# requests-oauthlib logs the token request body (with the client secret) and the token response at DEBUG.
+_OAUTH_LOGGERS = (
+    "requests_oauthlib.oauth2_session",
+    "oauthlib.oauth2.rfc6749.parameters",
+    "oauthlib.oauth2.rfc6749.clients.base",
+    "oauthlib.oauth2.rfc6749.tokens",
+)
+
+
+class RedactOAuthSecrets(logging.Filter):
+    """Rewrites OAuth library log records so client secrets and tokens never reach a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_PATTERN.sub(r"\1\2***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _install_redaction() -> None:
+    for name in _OAUTH_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactOAuthSecrets) for f in logger.filters):
+            logger.addFilter(RedactOAuthSecrets())
+
+
+_install_redaction()
 
 
 @dataclass

@@ -141,26 +141,33 @@ class RetryPolicy:
 
     def _tenacity_kwargs(self, what: str) -> dict[str, Any]:
         counts: Counter[str] = Counter()
+        counted: set[int] = set()
         started = time.monotonic()
 
-        def stop(state: tenacity.RetryCallState) -> bool:
+        def failure(state: tenacity.RetryCallState) -> TransientError | None:
+            """The attempt's transient error, counted once per attempt (tenacity may ask wait before stop)."""
             exc = state.outcome.exception() if state.outcome else None
             if not isinstance(exc, TransientError):
-                return True
-            counts[exc.kind] += 1
-            if time.monotonic() - started > self.max_call_seconds:
+                return None
+            if state.attempt_number not in counted:
+                counted.add(state.attempt_number)
+                counts[exc.kind] += 1
+            return exc
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            exc = failure(state)
+            if exc is None or time.monotonic() - started > self.max_call_seconds:
                 return True
             return counts[exc.kind] >= self.limit(exc.kind)
 
         def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            assert isinstance(exc, TransientError)
-            return self.delay(exc.kind, counts[exc.kind], exc.retry_after)
+            exc = failure(state)
+            return 0.0 if exc is None else self.delay(exc.kind, counts[exc.kind], exc.retry_after)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             pause = state.next_action.sleep if state.next_action else 0.0
-            log.warning("%s: %s; retrying in %.1f s (try %d)", what, exc, pause, state.attempt_number + 1)
+            log.warning("%s; retrying in %.1f s (try %d of %s)", exc, pause, state.attempt_number + 1, what)
 
         return {
             "retry": tenacity.retry_if_exception_type(TransientError),
