@@ -85,23 +85,30 @@ class SentinelBatchHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Airflow < 3.2 custom fields: deployment preset, URL overrides, default API version."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget, Select2Widget
-        from flask_babel import lazy_gettext
-        from wtforms import SelectField, StringField
+        """Airflow < 3.2 custom fields: deployment preset, URL overrides, default API version.
 
-        deployments = [(name, name) for name in (*DEPLOYMENTS, "custom")]
+        Plain ``StringField`` only: Airflow 2.11 (and 3.0/3.1) drop the whole hook, i.e. the ``sentinel_batch``
+        connection type, when a widget is any other wtforms class (``SelectField`` included).
+        """
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        deployments = ", ".join((*DEPLOYMENTS, "custom"))
         return {
-            "deployment": SelectField(
-                lazy_gettext("Deployment"), choices=deployments, widget=Select2Widget(), default="sentinel-hub-eu"
+            "deployment": StringField(
+                lazy_gettext("Deployment"),
+                widget=BS3TextFieldWidget(),
+                default="sentinel-hub-eu",
+                description=f"One of: {deployments}. Sets base URL and token URL together.",
             ),
             "base_url": StringField(lazy_gettext("Base URL (override)"), widget=BS3TextFieldWidget()),
             "token_url": StringField(lazy_gettext("Token URL (override)"), widget=BS3TextFieldWidget()),
-            "api_version": SelectField(
+            "api_version": StringField(
                 lazy_gettext("Default Batch API version"),
-                choices=[("v2", "v2"), ("v1", "v1")],
-                widget=Select2Widget(),
+                widget=BS3TextFieldWidget(),
                 default="v2",
+                description="v2 (current) or v1.",
             ),
         }
 
