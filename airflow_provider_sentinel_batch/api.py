@@ -59,3 +59,29 @@ def page_items(body: Any, method: str, url: str) -> tuple[list[dict[str, Any]], 
     if not items:
         return [], None, None
     return items, links.get("nextToken") or None, links.get("next") or None
+
+
+class Pages:
+    """A cursor over list pages, shared by both transports: call ``url``/``params``, feed the body back.
+
+    Follows ``links.nextToken`` (sent back as ``viewtoken``) first, else ``links.next``; stops on an empty page,
+    a missing link, or a token seen before (a service bug must not become an endless loop).
+    """
+
+    def __init__(self, url: str, params: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.params = dict(params or {})
+        self.done = False
+        self._seen: set[str] = set()
+
+    def advance(self, body: Any) -> list[dict[str, Any]]:
+        items, token, link = page_items(body, "GET", self.url)
+        if token and token not in self._seen:
+            self._seen.add(token)
+            self.params = {**self.params, "viewtoken": token}
+        elif link and not token and link not in self._seen:
+            self._seen.add(link)
+            self.url, self.params = link, {}
+        else:
+            self.done = True
+        return items

@@ -48,17 +48,25 @@ def request_payload(api_version: str, request: dict[str, Any]) -> dict[str, Any]
     return request
 
 
-def output_location(api_version: str, payload: dict[str, Any]) -> str | None:
-    """Where the service writes results (``s3://...``), from a create payload or a request object."""
+def output_location(api_version: str, payload: dict[str, Any], request_id: str | None = None) -> str | None:
+    """Where the service writes results (``s3://...``), from a create payload or a request object.
+
+    For v1 the default layout is ``s3://<bucket>/<requestId>/<tileName>/...``, so with a known id the location
+    is that request's folder; a ``defaultTilePath`` template is cut at its first per-tile placeholder.
+    """
+    request_id = request_id or payload.get("id")
     payload = request_payload(api_version, payload) if "request" in payload else payload
     if api_version == "v2":
         output = payload.get("output") or {}
         url = (((output.get("delivery") or {}).get("s3")) or {}).get("url")
         return str(url) if url else None
     if payload.get("bucketName"):
-        return f"s3://{payload['bucketName']}"
-    output = payload.get("output") or {}
-    if output.get("defaultTilePath"):
-        return str(output["defaultTilePath"])
-    zarr = payload.get("zarrOutput") or {}
-    return str(zarr["path"]) if zarr.get("path") else None
+        suffix = f"/{request_id}/" if request_id else ""
+        return f"s3://{payload['bucketName']}{suffix}"
+    template = (payload.get("output") or {}).get("defaultTilePath") or (payload.get("zarrOutput") or {}).get("path")
+    if not template:
+        return None
+    template = str(template)
+    if request_id:
+        template = template.replace("<requestId>", str(request_id))
+    return template.split("<", 1)[0]

@@ -190,9 +190,15 @@ class RetryPolicy:
         return tenacity.AsyncRetrying(**kwargs)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that only mean "not now" (rate limits, 5xx, network) after a call's retries ran out."""
+    return bool(getattr(exc, "retries_exhausted", False))
+
+
 def final_error(exc: TransientError) -> SentinelBatchError:
     """What the caller sees once retries are exhausted: the last underlying error, annotated."""
     error = exc.error
+    error.retries_exhausted = True  # type: ignore[attr-defined]  # transient: a later poll may succeed
     if isinstance(error, SentinelBatchAPIError) and exc.kind == RATE_LIMITED:
         error.args = (error.render() + "\n  (still rate limited after retrying; lower the polling rate?)",)
     return error

@@ -200,21 +200,9 @@ class SentinelBatchHook(BaseHook):
     def _paginate(
         self, url: str, params: dict[str, Any], *, request_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Follow ``links.nextToken`` (sent back as ``viewtoken``) or else ``links.next`` until the last page."""
-        next_url: str | None = url
-        seen: set[str] = set()
-        while next_url:
-            body = self._call("GET", next_url, params=params, request_id=request_id)
-            items, token, link = api.page_items(body, "GET", next_url)
-            yield from items
-            if token and token not in seen:
-                seen.add(token)
-                params = {**params, "viewtoken": token}
-            elif link and link not in seen and not token:
-                seen.add(link)
-                next_url, params = link, {}
-            else:
-                next_url = None
+        pages = api.Pages(url, params)
+        while not pages.done:
+            yield from pages.advance(self._call("GET", pages.url, params=pages.params, request_id=request_id))
 
     # ------------------------------------------------------------------------------- requests (v1 + v2)
     def create_request(

@@ -1,0 +1,251 @@
+"""``SentinelBatchTrigger``: waits on the triggerer for a batch request to reach a target status.
+
+Cheap (one GET per look, status-aware and progress-adaptive intervals, one shared token), robust (429/5xx/
+network errors retried with the shared policy and then tolerated for a bounded number of looks, 404 grace
+after create, token refresh on 401), and safe: it never raises out of ``run()`` — every outcome is an event
+the task resumes with — and it only stops/cancels the remote job for a deadline, a cost guard, or a user's
+kill (``on_kill``, Airflow 3.3+), never because the triggerer restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError
+from airflow_provider_sentinel_batch.waiting import (
+    COST_EXCEEDED,
+    ERROR,
+    TIMEOUT,
+    WAIT,
+    describe,
+    judge,
+    next_delay,
+    summarize,
+)
+
+_ANALYSIS_STATES = ("CREATED", "ANALYSING")
+
+
+class SentinelBatchTrigger(BaseTrigger):
+    """Poll one batch request until ``wait_for`` (``ANALYSIS_DONE`` or ``DONE``) or a failure; yield one event.
+
+    All arguments are primitives (they are serialized into the metadata database): no credentials here, the
+    connection is resolved asynchronously on the triggerer from ``conn_id``.
+
+    :param deadline: wall-clock epoch seconds; past it the trigger yields ``timeout`` (and stops the job first
+        if ``cancel_on_timeout``).
+    :param stale_status: a status to treat as "not yet updated" until ``stale_until`` (after ``restartpartial``
+        the service keeps showing ``PARTIAL`` for a while).
+    :param created_at: epoch seconds of creation, so a 404 right after create is retried, not fatal.
+    """
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        conn_id: str,
+        api_version: str,
+        wait_for: str = "DONE",
+        poll_interval: float = 60.0,
+        analysis_poll_interval: float = 10.0,
+        max_poll_interval: float | None = None,
+        adaptive: bool = True,
+        deadline: float | None = None,
+        cancel_on_timeout: bool = False,
+        cancel_on_kill: bool = True,
+        max_cost_pu: float | None = None,
+        max_poll_failures: int = 10,
+        created_at: float | None = None,
+        stale_status: str | None = None,
+        stale_until: float | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.conn_id = conn_id
+        self.api_version = api_version
+        self.wait_for = wait_for
+        self.poll_interval = poll_interval
+        self.analysis_poll_interval = analysis_poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.adaptive = adaptive
+        self.deadline = deadline
+        self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
+        self.max_cost_pu = max_cost_pu
+        self.max_poll_failures = max_poll_failures
+        self.created_at = created_at
+        self.stale_status = stale_status
+        self.stale_until = stale_until
+        self.retry_policy = retry_policy
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "request_id": self.request_id,
+                "conn_id": self.conn_id,
+                "api_version": self.api_version,
+                "wait_for": self.wait_for,
+                "poll_interval": self.poll_interval,
+                "analysis_poll_interval": self.analysis_poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "adaptive": self.adaptive,
+                "deadline": self.deadline,
+                "cancel_on_timeout": self.cancel_on_timeout,
+                "cancel_on_kill": self.cancel_on_kill,
+                "max_cost_pu": self.max_cost_pu,
+                "max_poll_failures": self.max_poll_failures,
+                "created_at": self.created_at,
+                "stale_status": self.stale_status,
+                "stale_until": self.stale_until,
+                "retry_policy": self.retry_policy,
+            },
+        )
+
+    # ------------------------------------------------------------------------------------------------ run
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            event = await self._wait()
+        except Exception as exc:  # never raise out of run(): the task must resume and fail with the message
+            self.log.exception("Waiting for batch request %s failed", self.request_id)
+            event = self._event(ERROR, f"Waiting for batch request {self.request_id} failed: {exc}")
+        yield TriggerEvent(event)
+
+    def _event(self, status: str, message: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "status": status,
+            "request_id": self.request_id,
+            "api_version": self.api_version,
+            "message": message,
+        }
+        if request is not None:
+            event["summary"] = summarize(self.api_version, request)
+        return event
+
+    def _client(self, settings: Any) -> Any:
+        from airflow_provider_sentinel_batch.hooks.async_client import SentinelBatchAsyncClient
+        from airflow_provider_sentinel_batch.retry import RetryPolicy
+
+        return SentinelBatchAsyncClient(settings, retry_policy=RetryPolicy.from_dict(self.retry_policy))
+
+    async def _wait(self) -> dict[str, Any]:
+        from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
+        from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS, is_transient
+
+        settings = await settings_for_conn_id(self.conn_id)
+        if self.created_at is not None:
+            RECENT_REQUESTS.note(self.request_id, self.created_at)
+        failures = 0
+        last_status: str | None = None
+        progress: list[tuple[float, float]] = []
+        async with self._client(settings) as client:
+            while True:
+                if self.deadline is not None and time.time() >= self.deadline:
+                    return await self._on_deadline(client)
+                try:
+                    request = await client.get_request(self.request_id, self.api_version)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        return self._event(ERROR, str(exc))
+                    failures += 1
+                    if failures >= self.max_poll_failures:
+                        return self._event(
+                            ERROR, f"{failures} consecutive status checks failed; last error: {exc}"
+                        )
+                    self.log.warning("Status check %d failed (%s); will look again", failures, exc)
+                    await asyncio.sleep(self._bounded(self.poll_interval))
+                    continue
+                failures = 0
+                status = request.get("status")
+                if status != last_status:
+                    self.log.info("Batch request %s: %s", self.request_id, describe(self.api_version, request))
+                    last_status = status
+                    progress.clear()
+                pct = request.get("completionPercentage")
+                if status == "PROCESSING" and isinstance(pct, int | float):
+                    progress.append((time.time(), float(pct)))
+                    del progress[1:-1]  # keep the first and the latest sample
+                stale = (
+                    self.stale_status is not None
+                    and status == self.stale_status
+                    and time.time() < (self.stale_until or 0)
+                )
+                verdict = judge(self.api_version, self.wait_for, request, max_cost_pu=self.max_cost_pu)
+                if stale:
+                    verdict = verdict.__class__(WAIT, f"still {status} (not updated yet)")
+                elif self.stale_status is not None and status != self.stale_status:
+                    self.stale_status = None
+                if verdict.outcome == COST_EXCEEDED:
+                    stopped = await self._stop(client, "the cost guard")
+                    return self._event(COST_EXCEEDED, verdict.message + stopped, request)
+                if verdict.outcome != WAIT:
+                    event = self._event(verdict.outcome, verdict.message, request)
+                    if self.api_version == "v1" and status in ("DONE", "PARTIAL", "FAILED"):
+                        event["summary"]["tiles"] = await self._tiles(client)
+                    return event
+                delay = self._delay(status, progress)
+                await asyncio.sleep(self._bounded(delay))
+
+    def _delay(self, status: str | None, progress: list[tuple[float, float]]) -> float:
+        if not self.adaptive:
+            return self.analysis_poll_interval if status in _ANALYSIS_STATES else self.poll_interval
+        return next_delay(
+            status,
+            poll_interval=self.poll_interval,
+            analysis_poll_interval=self.analysis_poll_interval,
+            progress=progress,
+            max_poll_interval=self.max_poll_interval,
+        )
+
+    def _bounded(self, delay: float) -> float:
+        """Never sleep past the deadline (so a timeout is reported on time)."""
+        if self.deadline is None:
+            return delay
+        return max(0.0, min(delay, self.deadline - time.time()))
+
+    async def _tiles(self, client: Any) -> dict[str, int] | None:
+        try:
+            return await client.count_tiles(self.request_id)
+        except Exception as exc:  # a summary detail: never worth failing the wait for
+            self.log.warning("Could not count tiles of %s: %s", self.request_id, exc)
+            return None
+
+    async def _stop(self, client: Any, why: str) -> str:
+        action = "cancel" if self.api_version == "v1" else "stop"
+        try:
+            await client.stop_or_cancel(self.request_id, self.api_version)
+        except SentinelBatchAPIError as exc:
+            if exc.status in (400, 409):  # already finished: nothing left to stop
+                return f"; {action} not needed ({exc.message})"
+            self.log.warning("Could not %s %s after %s: %s", action, self.request_id, why, exc)
+            return f"; {action} FAILED ({exc}) — check the job in the dashboard"
+        except Exception as exc:
+            self.log.warning("Could not %s %s after %s: %s", action, self.request_id, why, exc)
+            return f"; {action} FAILED ({exc}) — check the job in the dashboard"
+        self.log.info("Asked the service to %s batch request %s (%s)", action, self.request_id, why)
+        return f"; the job was asked to {action}"
+
+    async def _on_deadline(self, client: Any) -> dict[str, Any]:
+        message = f"Batch request {self.request_id} did not reach {self.wait_for} before the deadline"
+        if self.cancel_on_timeout:
+            message += await self._stop(client, "the deadline")
+        return self._event(TIMEOUT, message)
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: called only when a user kills/marks the task, never on triggerer restarts."""
+        if not self.cancel_on_kill:
+            return
+        from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
+
+        try:
+            settings = await settings_for_conn_id(self.conn_id)
+            async with self._client(settings) as client:
+                await self._stop(client, "the task was killed")
+        except Exception as exc:
+            self.log.warning("Best-effort stop of %s on kill failed: %s", self.request_id, exc)
