@@ -1,0 +1,157 @@
+"""Configuration of the emulator: plain dataclasses, importable without the web stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Emulated seconds per wall-clock second by default. The model durations in ``state.Timing`` are roughly
+#: what the real service takes; at this speed the Corsica example (72 tiles on grid 0 at 60 m) goes from
+#: ``start`` to ``DONE`` in about 25 s.
+DEFAULT_TIME_SCALE = 15.0
+
+#: Speed used by the pytest fixture: the Corsica job finishes in well under a second.
+FAST_TIME_SCALE = 1000.0
+
+DEFAULT_CLIENT_ID = "emulator-client"
+DEFAULT_CLIENT_SECRET = "emulator-secret"  # a documented, local-only default
+
+
+@dataclass
+class FaultConfig:
+    """Misbehaviour to inject. Every field defaults to "off"; rates are shares of requests in [0, 1].
+
+    Faults hit ``/api/...`` and the token endpoints, never ``/_emulator/...``. Random draws come from
+    generators seeded with ``EmulatorConfig.seed`` (one per fault kind), so a given request sequence
+    always gets the same faults.
+    """
+
+    rate_429: float = 0.0
+    """Share of API responses replaced by ``429 RATE_LIMIT_EXCEEDED``."""
+    retry_after_ms: int = 500
+    """``Retry-After`` value (milliseconds, as the real service sends it)."""
+    no_retry_after: bool = False
+    """Send 429 without a ``Retry-After`` header."""
+    rate_5xx: float = 0.0
+    """Share of API requests that start a burst of server errors."""
+    burst_5xx: int = 1
+    """How many consecutive API requests fail once a burst starts."""
+    status_5xx: int = 503
+    """Status code of injected server errors."""
+    drop_rate: float = 0.0
+    """Share of API and token requests whose connection is closed without any response."""
+    not_found_after_create: float = 0.0
+    """Wall-clock seconds after create during which the new id answers 404 (database sync lag)."""
+    token_429_rate: float = 0.0
+    """Share of token requests answered 429."""
+    token_5xx_rate: float = 0.0
+    """Share of token requests answered 503."""
+    slow_ms: int = 0
+    """Extra latency added to every API and token response."""
+    tile_failure_rate: float = 0.0
+    """Share of tiles (v1) / features (v2) of new jobs that fail on the first attempt."""
+    analysis_failure_rate: float = 0.0
+    """Share of new jobs whose analysis ends ``FAILED``."""
+    token_lifetime: float | None = None
+    """Overrides ``EmulatorConfig.token_lifetime`` for newly issued tokens (short-lifetime fault)."""
+
+    _RATES = (
+        "rate_429",
+        "rate_5xx",
+        "drop_rate",
+        "token_429_rate",
+        "token_5xx_rate",
+        "tile_failure_rate",
+        "analysis_failure_rate",
+    )
+
+    def validate(self) -> None:
+        """Fail early on nonsense values: a typo in a test should not silently disable a fault."""
+        for name in self._RATES:
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"fault {name} must be within [0, 1], got {value!r}")
+        if self.burst_5xx < 1:
+            raise ValueError("fault burst_5xx must be >= 1")
+        if not 500 <= self.status_5xx <= 599:
+            raise ValueError("fault status_5xx must be a 5xx code")
+        if self.retry_after_ms < 0 or self.slow_ms < 0 or self.not_found_after_create < 0:
+            raise ValueError("fault durations must not be negative")
+        if self.token_lifetime is not None and self.token_lifetime <= 0:
+            raise ValueError("fault token_lifetime must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def updated(self, **changes: Any) -> FaultConfig:
+        """A copy with ``changes`` applied; unknown names raise ``ValueError`` (shown to the caller)."""
+        unknown = set(changes) - self.field_names()
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+
+@dataclass
+class EmulatorConfig:
+    """How to run one emulator instance (see ``docs/emulator.md``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    """TCP port; ``0`` picks a free one (read it back from ``EmulatorServer.base_url``)."""
+    client_id: str = DEFAULT_CLIENT_ID
+    client_secret: str = DEFAULT_CLIENT_SECRET
+    token_lifetime: float = 3600.0
+    """Wall-clock seconds an access token stays valid (``expires_in``)."""
+    time_scale: float = DEFAULT_TIME_SCALE
+    """Emulated seconds per wall-clock second (analysis, queueing, tiles, the 30-minute STOP block)."""
+    data_dir: str | Path | None = None
+    """Where "bucket" outputs go (``s3://bucket/key`` → ``<data_dir>/bucket/key``); ``None`` = a temp dir."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    seed: int = 0
+    """Seeds ids, tile failures, timing jitter and fault draws: same calls, same results."""
+    allow_remote_bind: bool = False
+    """Binding to a non-loopback address exposes fixed, public credentials: refuse unless asked."""
+    pu_budget: float | None = None
+    """Processing units left on the emulated account (v2 ``OUT_OF_PU``); ``None`` = unlimited."""
+    state_file: str | Path | None = None
+    """JSON file to load jobs from at start and save them to on changes and at stop."""
+    log_level: str = "warning"
+    access_log: bool = False
+
+    def validate(self) -> None:
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if self.token_lifetime <= 0:
+            raise ValueError("token_lifetime must be positive")
+        if not 0 <= int(self.port) <= 65535:
+            raise ValueError(f"invalid port {self.port!r}")
+        if not self.client_id or not self.client_secret:
+            raise ValueError("client_id and client_secret must not be empty")
+        if self.pu_budget is not None and self.pu_budget < 0:
+            raise ValueError("pu_budget must not be negative")
+        self.faults.validate()
+        if not self.allow_remote_bind and not is_loopback_host(self.host):
+            raise ValueError(
+                f"refusing to bind the emulator to non-loopback host {self.host!r}: it accepts fixed, "
+                "publicly documented credentials. Pass allow_remote_bind=True (CLI: --allow-remote) if you "
+                "really want that."
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

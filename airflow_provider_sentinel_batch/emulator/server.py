@@ -1,0 +1,219 @@
+"""Run the emulator in a background thread of the current process (tests, demos, the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .config import EmulatorConfig, FaultConfig
+from .state import EmulatorState
+
+
+class EmulatorServer:
+    """uvicorn serving ``create_app`` on ``config.host:config.port`` (port 0 = a free port).
+
+    ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and, if the emulator made
+    its own temp data dir, removes it. Also a context manager.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+        config = config or EmulatorConfig()
+        if overrides:
+            if isinstance(overrides.get("faults"), dict):
+                overrides["faults"] = FaultConfig(**overrides["faults"])
+            config = dataclasses.replace(config, **overrides)
+        config.validate()
+        self.config = config
+        self.state = EmulatorState(config)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._port: int | None = None
+
+    # ----------------------------------------------------------------------------------------------- life
+    def start(self, timeout: float = 15.0) -> EmulatorServer:
+        if self._thread is not None:
+            return self
+        import uvicorn
+
+        from .app import create_app
+
+        family = socket.AF_INET6 if ":" in self.config.host.strip("[]") else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host.strip("[]"), int(self.config.port)))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._port = sock.getsockname()[1]
+        app = create_app(state=self.state)
+        uconfig = uvicorn.Config(
+            app,
+            log_level=self.config.log_level,
+            access_log=self.config.access_log,
+            lifespan="off",
+            timeout_keep_alive=30,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(uconfig)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"sentinel-batch-emulator:{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                self._thread = None
+                raise RuntimeError("the emulator's uvicorn server failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"emulator did not start within {timeout} s")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._server = None
+        self.state.cleanup()
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------------------------------ addresses
+    @property
+    def port(self) -> int:
+        return self._port if self._port is not None else int(self.config.port)
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.host.strip("[]")
+        if host in {"0.0.0.0", "::"}:
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """The Sentinel Hub "main" realm token endpoint (sentinelhub-py's default path)."""
+        return f"{self.base_url}/auth/realms/main/protocol/openid-connect/token"
+
+    @property
+    def cdse_token_url(self) -> str:
+        return f"{self.base_url}/auth/realms/CDSE/protocol/openid-connect/token"
+
+    @property
+    def legacy_token_url(self) -> str:
+        return f"{self.base_url}/oauth/token"
+
+    @property
+    def client_id(self) -> str:
+        return self.config.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self.config.client_secret
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state.data_dir
+
+    def airflow_conn_json(self, api_version: str = "v2") -> str:
+        """Value for ``AIRFLOW_CONN_<CONN_ID>``: a ``sentinel_batch`` connection pointing here."""
+        return json.dumps(
+            {
+                "conn_type": "sentinel_batch",
+                "login": self.client_id,
+                "password": self.client_secret,
+                "extra": {
+                    "deployment": "custom",
+                    "base_url": self.base_url,
+                    "token_url": self.token_url,
+                    "api_version": api_version,
+                },
+            }
+        )
+
+    def airflow_env(self, conn_id: str = "sentinel_batch_default", api_version: str = "v2") -> dict[str, str]:
+        """``{"AIRFLOW_CONN_<CONN_ID>": ...}`` ready for ``monkeypatch.setenv`` or a subprocess env."""
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.airflow_conn_json(api_version)}
+
+    def sh_config_kwargs(self) -> dict[str, str]:
+        """Settings for ``sentinelhub.SHConfig(**kwargs)`` (the official SDK)."""
+        return {
+            "sh_client_id": self.client_id,
+            "sh_client_secret": self.client_secret,
+            "sh_base_url": self.base_url,
+            "sh_token_url": self.token_url,
+        }
+
+    # -------------------------------------------------------------------------------------------- control
+    def stats(self) -> dict[str, Any]:
+        return self.state.stats()
+
+    def set_faults(self, **changes: Any) -> FaultConfig:
+        return self.state.set_faults(**changes)
+
+    def clear_faults(self) -> FaultConfig:
+        return self.state.clear_faults()
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def revoke_tokens(self) -> None:
+        self.state.revoke_tokens()
+
+    def advance(self, seconds: float) -> float:
+        """Jump emulated time forward by ``seconds`` (emulated seconds, not divided by the time scale)."""
+        return self.state.advance(seconds)
+
+    def access_token(self) -> str:
+        """A fresh bearer token (no faults bypassed: uses the real token endpoint)."""
+        import requests
+
+        response = requests.post(
+            self.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            },
+            timeout=10,
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def ready_line(self) -> str:
+        """The one line the CLI prints at start."""
+        return (
+            f"Sentinel Hub Batch emulator ready: base_url={self.base_url} token_url={self.token_url} "
+            f"client_id={self.client_id} client_secret={self.client_secret} data_dir={self.data_dir} "
+            f"AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT='{self.airflow_conn_json()}'"
+        )
