@@ -291,14 +291,15 @@ class Job:
                             self.oop_at = tile.end_at
                             break
 
-    def _freeze_after(self, t: float) -> None:
-        """Tiles not yet started at ``t`` go back to PENDING; running ones finish (and are charged)."""
+    def _freeze_after(self, t: float, *, abort_running: bool = False) -> None:
+        """Tiles not yet started at ``t`` go back to PENDING; running ones finish (and are charged),
+        unless ``abort_running`` (out of PUs: nothing more can be billed)."""
         for tile in self.tiles:
-            if tile.start_at is not None and tile.start_at > t:
+            if tile.start_at is not None and (tile.start_at > t or (abort_running and (tile.end_at or 0) > t)):
                 tile.unschedule()
 
     def _stop(self, t: float, reason: str) -> None:
-        self._freeze_after(t)
+        self._freeze_after(t, abort_running=reason == "OUT_OF_PU")
         self.stop_pending = False
         self.processing_start = self.finish_at = self.oop_at = None
         self.stopped_at = t
