@@ -16,7 +16,9 @@ def batch_root(base_url: str, api_version: str) -> str:
     return f"{base_url}/api/{api_version}/batch"
 
 
-def process_url(base_url: str, api_version: str, request_id: str | None = None, action: str | None = None) -> str:
+def process_url(
+    base_url: str, api_version: str, request_id: str | None = None, action: str | None = None
+) -> str:
     url = f"{batch_root(base_url, api_version)}/process"
     if request_id is not None:
         if not str(request_id).strip() or "/" in str(request_id):
@@ -52,7 +54,10 @@ def page_items(body: Any, method: str, url: str) -> tuple[list[dict[str, Any]], 
     """``(items, next_token, next_url)`` of one list page; follows ``links.nextToken`` first, else ``links.next``."""
     if not isinstance(body, dict) or not isinstance(body.get("data", []), list):
         raise SentinelBatchAPIError(
-            status=200, method=method, url=url, message=f"expected a list page {{'data': [...]}}, got {body!r:.200}"
+            status=200,
+            method=method,
+            url=url,
+            message=f"expected a list page {{'data': [...]}}, got {body!r:.200}",
         )
     items = body.get("data") or []
     links = body.get("links") or {}

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 TokenKey = tuple[str, str]
 
 _SECRET_PATTERN = re.compile(
-    r"""(client_secret|access_token|refresh_token|id_token)(['"]?\s*[:=]\s*['"]?)([^&'",}\s]+)""", re.IGNORECASE
+    r"""(client_secret|access_token|refresh_token|id_token)(['"]?\s*[:=]\s*['"]?)([^&'",}\s]+)""",
+    re.IGNORECASE,
 )
 # requests-oauthlib logs the token request body (with the client secret) and the token response at DEBUG.
 _OAUTH_LOGGERS = (
@@ -181,7 +182,9 @@ def _token_failure(status: int, body: str, token_url: str, client_id: str) -> Se
             "belongs to the same deployment as the base URL (Sentinel Hub vs CDSE)."
         )
     return SentinelBatchAuthError(
-        f"Token request to {token_url} failed: HTTP {status} {detail}.{hint}", status=status, token_url=token_url
+        f"Token request to {token_url} failed: HTTP {status} {detail}.{hint}",
+        status=status,
+        token_url=token_url,
     )
 
 
@@ -280,11 +283,17 @@ async def fetch_token_async(
         async for attempt in policy.async_retrying(f"token {settings.token_url}", sleep):
             with attempt:
                 try:
-                    response = await client.post(settings.token_url, content=body, headers=headers, timeout=timeout)
+                    response = await client.post(
+                        settings.token_url, content=body, headers=headers, timeout=timeout
+                    )
                 except httpx.TransportError as exc:
                     raise connection_error("POST", settings.token_url, exc) from None
                 check_token_response(
-                    response.status_code, response.text, response.headers, settings.token_url, settings.client_id
+                    response.status_code,
+                    response.text,
+                    response.headers,
+                    settings.token_url,
+                    settings.client_id,
                 )
                 try:
                     return dict(oauth_client.parse_request_body_response(response.text))

@@ -153,7 +153,7 @@ def api_error_from_response(
         message=str(message),
         code=info.get("code") if isinstance(info.get("code"), str) else None,
         reason=info.get("reason") or reason,
-        errors=[e for e in errors if isinstance(e, Mapping)],
+        errors=[dict(e) for e in errors if isinstance(e, Mapping)],
         retry_after=parse_retry_after(_header(headers, "Retry-After")),
     )
 

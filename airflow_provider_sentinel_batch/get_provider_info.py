@@ -65,7 +65,11 @@ def get_provider_info() -> dict[str, Any]:
                     "deployment": {
                         "label": "Deployment",
                         "description": "Sets base URL and token URL together; 'custom' uses the two fields below.",
-                        "schema": {"type": "string", "enum": DEPLOYMENT_CHOICES, "default": "sentinel-hub-eu"},
+                        "schema": {
+                            "type": "string",
+                            "enum": DEPLOYMENT_CHOICES,
+                            "default": "sentinel-hub-eu",
+                        },
                     },
                     "base_url": {
                         "label": "Base URL (override)",

@@ -20,9 +20,10 @@ TILE_STATUSES = ("PENDING", "SCHEDULED", "QUEUED", "PROCESSING", "PROCESSED", "F
 
 # Where a job can be told to analyse / start / cancel-or-stop without the service refusing.
 CAN_ANALYSE = frozenset({"CREATED"})
-CAN_START = {"v1": frozenset({"CREATED", "ANALYSING", "ANALYSIS_DONE"}), "v2": frozenset(
-    {"CREATED", "ANALYSING", "ANALYSIS_DONE", "STOPPED"}
-)}
+CAN_START = {
+    "v1": frozenset({"CREATED", "ANALYSING", "ANALYSIS_DONE"}),
+    "v2": frozenset({"CREATED", "ANALYSING", "ANALYSIS_DONE", "STOPPED"}),
+}
 ANALYSIS_REACHED = frozenset({"ANALYSIS_DONE", "PROCESSING", "DONE", "PARTIAL"})
 STARTED_OR_LATER = frozenset({"PROCESSING", "DONE", "PARTIAL"})
 
@@ -63,7 +64,9 @@ def output_location(api_version: str, payload: dict[str, Any], request_id: str |
     if payload.get("bucketName"):
         suffix = f"/{request_id}/" if request_id else ""
         return f"s3://{payload['bucketName']}{suffix}"
-    template = (payload.get("output") or {}).get("defaultTilePath") or (payload.get("zarrOutput") or {}).get("path")
+    template = (payload.get("output") or {}).get("defaultTilePath") or (payload.get("zarrOutput") or {}).get(
+        "path"
+    )
     if not template:
         return None
     template = str(template)

@@ -52,31 +52,6 @@ def connection_error(method: str, url: str, exc: BaseException) -> TransientErro
     return TransientError(CONNECTION, error)
 
 
-def classify_response(
-    *,
-    status: int,
-    method: str,
-    url: str,
-    body: bytes | str | None,
-    headers: Mapping[str, str],
-    reason: str | None = None,
-    not_found_retryable: bool = False,
-) -> None:
-    """Return for 2xx/3xx; raise :class:`TransientError` for what is worth retrying, else the API error."""
-    if status < 400:
-        return
-    error = api_error_from_response(
-        status=status, method=method, url=url, body=body, headers=headers, reason=reason
-    )
-    if status == 429:
-        raise TransientError(RATE_LIMITED, error, error.retry_after)
-    if status >= 500:
-        raise TransientError(SERVER_ERROR, error)
-    if status == 404 and not_found_retryable:
-        raise TransientError(NOT_FOUND, error)
-    raise error
-
-
 class RecentRequests:
     """Creation times of requests this process (or a serialized trigger) knows to be new: 404 grace window."""
 
@@ -91,6 +66,12 @@ class RecentRequests:
                 self._created = {k: v for k, v in self._created.items() if v > cutoff}
             self._created[request_id] = time.time() if created_at is None else created_at
 
+    def confirm(self, request_id: str) -> None:
+        """The request answered: from now on a 404 is real (deleted or expired), not replication lag."""
+        if request_id in self._created:
+            with self._lock:
+                self._created.pop(request_id, None)
+
     def within(self, request_id: str | None, grace: float) -> bool:
         if request_id is None:
             return False
@@ -99,6 +80,39 @@ class RecentRequests:
 
 
 RECENT_REQUESTS = RecentRequests()
+
+
+def classify_response(
+    *,
+    status: int,
+    method: str,
+    url: str,
+    body: bytes | str | None,
+    headers: Mapping[str, str],
+    reason: str | None = None,
+    request_id: str | None = None,
+    not_found_grace: float = 0.0,
+) -> None:
+    """Return for 2xx/3xx; raise :class:`TransientError` for what is worth retrying, else the API error.
+
+    A 404 for ``request_id`` is retryable only while the request is new to us (created less than
+    ``not_found_grace`` seconds ago and never seen since); once it has been read, a 404 means it is gone.
+    """
+    if status < 400:
+        if request_id is not None:
+            RECENT_REQUESTS.confirm(request_id)
+        return
+    not_found_retryable = status == 404 and RECENT_REQUESTS.within(request_id, not_found_grace)
+    error = api_error_from_response(
+        status=status, method=method, url=url, body=body, headers=headers, reason=reason
+    )
+    if status == 429:
+        raise TransientError(RATE_LIMITED, error, error.retry_after)
+    if status >= 500:
+        raise TransientError(SERVER_ERROR, error)
+    if status == 404 and not_found_retryable:
+        raise TransientError(NOT_FOUND, error)
+    raise error
 
 
 @dataclass(frozen=True)
@@ -183,7 +197,9 @@ class RetryPolicy:
             kwargs["sleep"] = sleep
         return tenacity.Retrying(**kwargs)
 
-    def async_retrying(self, what: str, sleep: Callable[[float], Any] | None = None) -> tenacity.AsyncRetrying:
+    def async_retrying(
+        self, what: str, sleep: Callable[[float], Any] | None = None
+    ) -> tenacity.AsyncRetrying:
         kwargs = self._tenacity_kwargs(what)
         if sleep is not None:
             kwargs["sleep"] = sleep

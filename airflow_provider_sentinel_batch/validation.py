@@ -19,7 +19,9 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 MIGRATION = "https://docs.sentinel-hub.com/api/latest/api/batchv2/migration/"
 
 
-def _grid_problems(grid_id: Any, resolution: Any, where: str, grids: Iterable[Mapping[str, Any]] | None) -> list[str]:
+def _grid_problems(
+    grid_id: Any, resolution: Any, where: str, grids: Iterable[Mapping[str, Any]] | None
+) -> list[str]:
     problems = []
     if grid_id is None:
         problems.append(f"{where}.id is missing (e.g. 0 for the 20 km UTM grid)")
@@ -64,12 +66,21 @@ def _bounds_problems(process_request: Mapping[str, Any]) -> list[str]:
             or len(bbox) != 4
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
         ):
-            return [*problems, f"processRequest.input.bounds.bbox must be [minX, minY, maxX, maxY], got {bbox!r}"]
+            return [
+                *problems,
+                f"processRequest.input.bounds.bbox must be [minX, minY, maxX, maxY], got {bbox!r}",
+            ]
         min_x, min_y, max_x, max_y = bbox
         if min_x >= max_x or min_y >= max_y:
-            problems.append(f"processRequest.input.bounds.bbox {list(bbox)} has min >= max; order is [minX, minY, maxX, maxY]")
-        if crs == CRS84 and not (-180 <= min_x <= 180 and -180 <= max_x <= 180 and -90 <= min_y <= 90 and -90 <= max_y <= 90):
-            problems.append(f"processRequest.input.bounds.bbox {list(bbox)} is outside lon -180..180 / lat -90..90 (CRS84)")
+            problems.append(
+                f"processRequest.input.bounds.bbox {list(bbox)} has min >= max; order is [minX, minY, maxX, maxY]"
+            )
+        if crs == CRS84 and not (
+            -180 <= min_x <= 180 and -180 <= max_x <= 180 and -90 <= min_y <= 90 and -90 <= max_y <= 90
+        ):
+            problems.append(
+                f"processRequest.input.bounds.bbox {list(bbox)} is outside lon -180..180 / lat -90..90 (CRS84)"
+            )
     return problems
 
 
@@ -147,7 +158,9 @@ def validate_payload(
         source = payload.get("input")
         grid_id = None
         if not isinstance(source, Mapping) or source.get("type") not in ("tiling-grid", "geopackage"):
-            problems.append("'input' must be {'type': 'tiling-grid', 'id', 'resolution'} or {'type': 'geopackage', ...}")
+            problems.append(
+                "'input' must be {'type': 'tiling-grid', 'id', 'resolution'} or {'type': 'geopackage', ...}"
+            )
         elif source["type"] == "tiling-grid":
             problems += _grid_problems(source.get("id"), source.get("resolution"), "input", grids)
             grid_id = source.get("id")
@@ -160,7 +173,9 @@ def validate_payload(
             if not _has(output, "delivery.s3.url"):
                 problems.append("output.delivery.s3.url is missing: the bucket/prefix the results go to")
             if output.get("type") == "zarr" and isinstance(grid_id, int) and grid_id not in ZARR_GRIDS:
-                problems.append(f"zarr output needs a WGS84 or LAEA grid (3, 6 or 7), not grid {grid_id} (UTM)")
+                problems.append(
+                    f"zarr output needs a WGS84 or LAEA grid (3, 6 or 7), not grid {grid_id} (UTM)"
+                )
     if problems:
         raise SentinelBatchValidationError(
             f"The Batch {api_version} request payload is not valid (nothing was sent):", problems

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_sentinel_batch.models import ANALYSIS_REACHED, FAILURE, TERMINAL, cost_of, output_location
+from airflow_provider_sentinel_batch.models import (
+    ANALYSIS_REACHED,
+    FAILURE,
+    TERMINAL,
+    cost_of,
+    output_location,
+)
 
 WAIT_TARGETS = ("ANALYSIS_DONE", "DONE")
 
@@ -96,12 +102,16 @@ def judge(
     if max_cost_pu is not None and api_version == "v2":
         cost = cost_of(api_version, request)
         if cost is not None and cost > max_cost_pu and status not in TERMINAL[api_version]:
-            return Verdict(COST_EXCEEDED, f"Batch request {rid} has cost {cost:g} PU, over max_cost_pu={max_cost_pu:g}")
+            return Verdict(
+                COST_EXCEEDED, f"Batch request {rid} has cost {cost:g} PU, over max_cost_pu={max_cost_pu:g}"
+            )
     if wait_for == "ANALYSIS_DONE":
         if status in ANALYSIS_REACHED:
             return Verdict(SUCCESS, f"Batch request {rid} analysed ({status})")
         if status == "CREATED" and action in (None, "NONE"):
-            return Verdict(NOT_STARTED, f"Batch request {rid} is CREATED and nobody asked for analysis (ANALYSE)")
+            return Verdict(
+                NOT_STARTED, f"Batch request {rid} is CREATED and nobody asked for analysis (ANALYSE)"
+            )
         return Verdict(WAIT, status)
     if status == "DONE":
         return Verdict(SUCCESS, f"Batch request {rid} is DONE")

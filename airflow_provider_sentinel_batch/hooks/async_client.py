@@ -18,7 +18,6 @@ from airflow_provider_sentinel_batch import api
 from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, fetch_token_async, token_key
 from airflow_provider_sentinel_batch.deployments import ConnectionSettings, settings_from_connection
 from airflow_provider_sentinel_batch.retry import (
-    RECENT_REQUESTS,
     RetryPolicy,
     TransientError,
     classify_response,
@@ -92,7 +91,9 @@ class SentinelBatchAsyncClient:
             ),
         )
 
-    async def _once(self, method: str, url: str, params: dict[str, Any] | None, request_id: str | None) -> httpx.Response:
+    async def _once(
+        self, method: str, url: str, params: dict[str, Any] | None, request_id: str | None
+    ) -> httpx.Response:
         for refreshed in (False, True):
             token = await self.get_token()
             try:
@@ -111,7 +112,8 @@ class SentinelBatchAsyncClient:
                 body=response.content,
                 headers=response.headers,
                 reason=response.reason_phrase,
-                not_found_retryable=RECENT_REQUESTS.within(request_id, self.retry_policy.not_found_grace),
+                request_id=request_id,
+                not_found_grace=self.retry_policy.not_found_grace,
             )
             return response
         raise AssertionError("unreachable")  # pragma: no cover

@@ -143,7 +143,9 @@ class SentinelBatchHook(BaseHook):
         settings = self.settings
         return TOKEN_CACHE.get_sync(
             token_key(settings),
-            lambda: fetch_token_sync(settings, policy=self.retry_policy, timeout=self.timeout, sleep=self._sleep),
+            lambda: fetch_token_sync(
+                settings, policy=self.retry_policy, timeout=self.timeout, sleep=self._sleep
+            ),
         )
 
     # --------------------------------------------------------------------------------------- transport
@@ -181,7 +183,8 @@ class SentinelBatchHook(BaseHook):
                     body=response.content,
                     headers=response.headers,
                     reason=response.reason,
-                    not_found_retryable=RECENT_REQUESTS.within(request_id, self.retry_policy.not_found_grace),
+                    request_id=request_id,
+                    not_found_grace=self.retry_policy.not_found_grace,
                 )
                 return response
             raise AssertionError("unreachable")  # pragma: no cover
@@ -230,7 +233,9 @@ class SentinelBatchHook(BaseHook):
     ) -> Iterator[dict[str, Any]]:
         """Every request of the account, page by page. ``search`` matches descriptions (``|`` OR, ``&`` AND)."""
         params = {
-            k: v for k, v in {"search": search, "sort": sort, "count": page_size, "userid": user_id}.items() if v
+            k: v
+            for k, v in {"search": search, "sort": sort, "count": page_size, "userid": user_id}.items()
+            if v
         }
         return self._paginate(api.process_url(self.settings.base_url, self._version(api_version)), params)
 
@@ -322,7 +327,9 @@ class SentinelBatchHook(BaseHook):
         return self._call("GET", url, request_id=request_id)
 
     # ------------------------------------------------------------------------------------ tiling grids
-    def list_tiling_grids(self, *, api_version: str | None = None, use_cache: bool = True) -> list[dict[str, Any]]:
+    def list_tiling_grids(
+        self, *, api_version: str | None = None, use_cache: bool = True
+    ) -> list[dict[str, Any]]:
         """Tiling grids of the deployment (free); cached per process for an hour."""
         version = self._version(api_version)
         key = (self.settings.base_url, version)

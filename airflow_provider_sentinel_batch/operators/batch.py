@@ -31,7 +31,13 @@ from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchCostExceededError,
     SentinelBatchJobError,
 )
-from airflow_provider_sentinel_batch.models import CAN_START, FAILURE, STARTED_OR_LATER, TERMINAL, output_location
+from airflow_provider_sentinel_batch.models import (
+    CAN_START,
+    FAILURE,
+    STARTED_OR_LATER,
+    TERMINAL,
+    output_location,
+)
 from airflow_provider_sentinel_batch.waiting import (
     COST_EXCEEDED,
     PARTIAL,
@@ -105,7 +111,9 @@ class SentinelBatchBaseOperator(BaseOperator):
     def hook(self) -> SentinelBatchHook:
         from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
-        return SentinelBatchHook(sentinel_batch_conn_id=self.sentinel_batch_conn_id, api_version=self.api_version)
+        return SentinelBatchHook(
+            sentinel_batch_conn_id=self.sentinel_batch_conn_id, api_version=self.api_version
+        )
 
     @property
     def version(self) -> str:
@@ -115,7 +123,9 @@ class SentinelBatchBaseOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="request_id", value=request_id)
         location = output_location(self.version, request or {}, request_id) if request else None
-        ti.xcom_push(key=LINKS_KEY, value={"dashboard": self.hook.dashboard_url(request_id), "output": location})
+        ti.xcom_push(
+            key=LINKS_KEY, value={"dashboard": self.hook.dashboard_url(request_id), "output": location}
+        )
 
 
 class _WaitsForBatch:
@@ -141,8 +151,14 @@ class _WaitsForBatch:
     soft_fail: bool = False
     _is_sensor = False
 
-    hook: SentinelBatchHook
-    version: str
+    if TYPE_CHECKING:
+
+        @property
+        def hook(self) -> SentinelBatchHook: ...
+
+        @property
+        def version(self) -> str: ...
+
     log: Any
     sentinel_batch_conn_id: str
 
@@ -192,7 +208,9 @@ class _WaitsForBatch:
             RECENT_REQUESTS.note(request_id, created)
         return created
 
-    def _verdict(self, request: dict[str, Any], wait_for: str, stale_status: str | None, stale_until: float) -> Verdict:
+    def _verdict(
+        self, request: dict[str, Any], wait_for: str, stale_status: str | None, stale_until: float
+    ) -> Verdict:
         verdict = judge(self.version, wait_for, request, max_cost_pu=self.max_cost_pu)
         if stale_status is not None and request.get("status") == stale_status and time.time() < stale_until:
             return Verdict(WAIT, f"still {stale_status} (not updated yet)")
@@ -208,7 +226,9 @@ class _WaitsForBatch:
         stale_status: str | None = None,
     ) -> Any:
         if wait_for not in WAIT_TARGETS:
-            raise SentinelBatchConfigError(f"wait_for must be one of {', '.join(WAIT_TARGETS)}, got {wait_for!r}")
+            raise SentinelBatchConfigError(
+                f"wait_for must be one of {', '.join(WAIT_TARGETS)}, got {wait_for!r}"
+            )
         created_at = self._note_created(request_id)
         stale_until = time.time() + self.stale_timeout
         deadline = time.time() + self.wait_timeout if self.wait_timeout else None
@@ -261,7 +281,7 @@ class _WaitsForBatch:
             verdict = self._verdict(request, wait_for, stale_status, stale_until)
         if verdict.outcome == COST_EXCEEDED:
             self._stop_quietly(request_id, "the cost guard")
-        event = {
+        event: dict[str, Any] = {
             "status": verdict.outcome,
             "request_id": request_id,
             "api_version": self.version,
@@ -317,8 +337,12 @@ class _WaitsForBatch:
         if status == PARTIAL:
             failed = self._failed_tiles(request_id)
             if self.partial_policy == "restart" and restarts < self.max_partial_restarts:
-                self.log.warning("%s; restarting the failed tiles (restart %d of %d)", message, restarts + 1,
-                                 self.max_partial_restarts)
+                self.log.warning(
+                    "%s; restarting the failed tiles (restart %d of %d)",
+                    message,
+                    restarts + 1,
+                    self.max_partial_restarts,
+                )
                 self.hook.restart_partial(request_id)
                 return self.wait_for_status(
                     context, request_id, wait_for, restarts=restarts + 1, stale_status="PARTIAL"
@@ -393,7 +417,13 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
     :return: the request id (also pushed as XCom ``request_id``, with ``created_at`` and links).
     """
 
-    template_fields: Sequence[str] = ("payload", "evalscript", "description", "sentinel_batch_conn_id", "api_version")
+    template_fields: Sequence[str] = (
+        "payload",
+        "evalscript",
+        "description",
+        "sentinel_batch_conn_id",
+        "api_version",
+    )
     template_ext: Sequence[str] = (".json", ".js")
     template_fields_renderers = {"payload": "json"}
 
@@ -463,10 +493,14 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         ]
         usable = [r for r in found if r.get("status") not in FAILURE[self.version]]
         if len(usable) > 1:
-            self.log.warning("Several requests carry tag %s: %s; using the newest", tag, [r.get("id") for r in usable])
+            self.log.warning(
+                "Several requests carry tag %s: %s; using the newest", tag, [r.get("id") for r in usable]
+            )
         for r in found:
             if r not in usable:
-                self.log.info("Previous request %s of this task ended %s; not reusing it", r.get("id"), r.get("status"))
+                self.log.info(
+                    "Previous request %s of this task ended %s; not reusing it", r.get("id"), r.get("status")
+                )
         return usable[0] if usable else None
 
     def execute(self, context: Context) -> str:
@@ -478,7 +512,9 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
                 request_id = str(existing["id"])
                 self.log.info(
                     "Re-attaching to batch request %s (%s) created by an earlier try of this task; not creating "
-                    "a new one", request_id, existing.get("status"),
+                    "a new one",
+                    request_id,
+                    existing.get("status"),
                 )
                 self._push_links(context, request_id, existing)
                 context["ti"].xcom_push(key="created_at", value=None)
@@ -524,11 +560,15 @@ class SentinelBatchAnalyseOperator(_RequestOperator):
         status, action = request.get("status"), request.get("userAction")
         self._push_links(context, self.request_id, request)
         if status in FAILURE[self.version]:
-            raise SentinelBatchJobError(judge(self.version, "DONE", request).message, request_id=self.request_id)
+            raise SentinelBatchJobError(
+                judge(self.version, "DONE", request).message, request_id=self.request_id
+            )
         if status == "CREATED" and action in (None, "NONE"):
             self.hook.analyse(self.request_id)
         else:
-            self.log.info("Not sending ANALYSE: status %s, user action %s (analysis asked or done)", status, action)
+            self.log.info(
+                "Not sending ANALYSE: status %s, user action %s (analysis asked or done)", status, action
+            )
         if self.wait_for_completion:
             return self.wait_for_status(context, self.request_id, "ANALYSIS_DONE")
         return self.request_id
@@ -575,8 +615,12 @@ class SentinelBatchStartOperator(_RequestOperator):
                 f"{charged:.1f} PU charged (estimate / 3), over max_cost_pu={self.max_cost_pu:g}.",
                 request_id=self.request_id,
             )
-        self.log.info("Cost guard: ~%.1f PU (valueEstimate %g / 3) within max_cost_pu=%g", charged, float(estimate),
-                      self.max_cost_pu)
+        self.log.info(
+            "Cost guard: ~%.1f PU (valueEstimate %g / 3) within max_cost_pu=%g",
+            charged,
+            float(estimate),
+            self.max_cost_pu,
+        )
 
 
 class SentinelBatchCancelOperator(_RequestOperator):
@@ -610,7 +654,9 @@ class SentinelBatchRestartPartialOperator(_RequestOperator):
 
     def execute(self, context: Context) -> Any:
         if self.version != "v1":
-            raise SentinelBatchConfigError("restartpartial exists only in Batch v1 (v2 has no PARTIAL status).")
+            raise SentinelBatchConfigError(
+                "restartpartial exists only in Batch v1 (v2 has no PARTIAL status)."
+            )
         request = self._read()
         status = request.get("status")
         if status == "DONE":

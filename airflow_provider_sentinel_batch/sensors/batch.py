@@ -54,7 +54,9 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
     ) -> None:
         wait = _wait_kwargs(kwargs)
         if "poke_interval" not in kwargs:
-            kwargs["poke_interval"] = wait["analysis_poll_interval"] if wait_for == "ANALYSIS_DONE" else wait["poll_interval"]
+            kwargs["poke_interval"] = (
+                wait["analysis_poll_interval"] if wait_for == "ANALYSIS_DONE" else wait["poll_interval"]
+            )
         super().__init__(**kwargs)
         self.request_id = request_id
         self.wait_for = wait_for
@@ -70,7 +72,9 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
     def hook(self) -> SentinelBatchHook:
         from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
-        return SentinelBatchHook(sentinel_batch_conn_id=self.sentinel_batch_conn_id, api_version=self.api_version)
+        return SentinelBatchHook(
+            sentinel_batch_conn_id=self.sentinel_batch_conn_id, api_version=self.api_version
+        )
 
     @property
     def version(self) -> str:
@@ -96,17 +100,25 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
             self._stale = None  # the service has caught up after restartpartial
         if verdict.outcome == WAIT:
             return False
-        event = {
+        event: dict[str, Any] = {
             "status": verdict.outcome,
             "request_id": self.request_id,
             "api_version": self.version,
             "message": verdict.message,
             "summary": summarize(self.version, request),
         }
-        if verdict.outcome == PARTIAL and self.partial_policy == "restart" and self._restarts < self.max_partial_restarts:
+        if (
+            verdict.outcome == PARTIAL
+            and self.partial_policy == "restart"
+            and self._restarts < self.max_partial_restarts
+        ):
             self._restarts += 1
-            self.log.warning("%s; restarting failed tiles (%d of %d)", verdict.message, self._restarts,
-                             self.max_partial_restarts)
+            self.log.warning(
+                "%s; restarting failed tiles (%d of %d)",
+                verdict.message,
+                self._restarts,
+                self.max_partial_restarts,
+            )
             self.hook.restart_partial(self.request_id)
             self._stale, self._stale_until = "PARTIAL", time.time() + self.stale_timeout
             return False

@@ -164,7 +164,9 @@ class SentinelBatchTrigger(BaseTrigger):
                 failures = 0
                 status = request.get("status")
                 if status != last_status:
-                    self.log.info("Batch request %s: %s", self.request_id, describe(self.api_version, request))
+                    self.log.info(
+                        "Batch request %s: %s", self.request_id, describe(self.api_version, request)
+                    )
                     last_status = status
                     progress.clear()
                 pct = request.get("completionPercentage")

@@ -14,11 +14,31 @@ CLIENT_ID = "my-client"
 
 GRIDS = {
     "data": [
-        {"id": 0, "name": "20km grid", "properties": {"tileWidth": 20040.0, "tileHeight": 20040.0,
-                                                       "resolutions": [10.0, 20.0, 60.0], "unit": "METRE"}},
-        {"id": 1, "name": "10km grid", "properties": {"tileWidth": 10000.0, "tileHeight": 10000.0,
-                                                       "resolutions": [10.0, 20.0], "unit": "METRE"}},
-        {"id": 6, "name": "LAEA 100km grid", "properties": {"resolutions": [40.0, 50.0, 100.0], "unit": "METRE"}},
+        {
+            "id": 0,
+            "name": "20km grid",
+            "properties": {
+                "tileWidth": 20040.0,
+                "tileHeight": 20040.0,
+                "resolutions": [10.0, 20.0, 60.0],
+                "unit": "METRE",
+            },
+        },
+        {
+            "id": 1,
+            "name": "10km grid",
+            "properties": {
+                "tileWidth": 10000.0,
+                "tileHeight": 10000.0,
+                "resolutions": [10.0, 20.0],
+                "unit": "METRE",
+            },
+        },
+        {
+            "id": 6,
+            "name": "LAEA 100km grid",
+            "properties": {"resolutions": [40.0, 50.0, 100.0], "unit": "METRE"},
+        },
     ],
     "links": {},
 }
@@ -51,7 +71,9 @@ def conn_env(monkeypatch):
 
 @pytest.fixture
 def token_mock(requests_mock):
-    return requests_mock.post(TOKEN_URL, json={"access_token": "tok-1", "expires_in": 3600, "token_type": "Bearer"})
+    return requests_mock.post(
+        TOKEN_URL, json={"access_token": "tok-1", "expires_in": 3600, "token_type": "Bearer"}
+    )
 
 
 @pytest.fixture

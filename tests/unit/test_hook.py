@@ -55,11 +55,20 @@ def v1_payload():
         (lambda h: h.cancel(RID), "POST", f"{V1}/process/{RID}/cancel", 204, None),
         (lambda h: h.restart_partial(RID), "POST", f"{V1}/process/{RID}/restartpartial", 204, None),
         (lambda h: h.delete_request(RID), "DELETE", f"{V1}/process/{RID}", 204, None),
-        (lambda h: h.get_tile(RID, 7), "GET", f"{V1}/process/{RID}/tiles/7", 200, {"id": 7, "status": "PENDING"}),
+        (
+            lambda h: h.get_tile(RID, 7),
+            "GET",
+            f"{V1}/process/{RID}/tiles/7",
+            200,
+            {"id": 7, "status": "PENDING"},
+        ),
         (lambda h: h.get_tiling_grid(0), "GET", f"{V1}/tilinggrids/0", 200, GRIDS["data"][0]),
         (
             lambda h: h.update_request(RID, description="new", output={"collectionId": None}),
-            "PUT", f"{V1}/process/{RID}", 200, {"id": RID, "description": "new"},
+            "PUT",
+            f"{V1}/process/{RID}",
+            200,
+            {"id": RID, "description": "new"},
         ),
     ],
 )
@@ -90,7 +99,9 @@ def test_status_and_user_action(hook, requests_mock):
 
 def test_v1_create_validates_and_posts(hook, requests_mock):
     requests_mock.get(f"{V1}/tilinggrids", json=GRIDS)
-    route = requests_mock.post(f"{V1}/process", status_code=201, json={"id": RID, "status": "CREATED", "tileCount": 3})
+    route = requests_mock.post(
+        f"{V1}/process", status_code=201, json={"id": RID, "status": "CREATED", "tileCount": 3}
+    )
     created = hook.create_request(v1_payload())
     assert created["id"] == RID
     assert route.last_request.json() == v1_payload()
@@ -132,7 +143,9 @@ def test_v2_crud_and_grids(conn_env, token_mock, requests_mock):
     conn_env(api_version="v2")
     hook = SentinelBatchHook()
     requests_mock.get(f"{V2}/tilinggrids", json=GRIDS)
-    create = requests_mock.post(f"{V2}/process", status_code=201, json={"id": RID, "status": "CREATED", "request": {}})
+    create = requests_mock.post(
+        f"{V2}/process", status_code=201, json={"id": RID, "status": "CREATED", "request": {}}
+    )
     get = requests_mock.get(f"{V2}/process/{RID}", json={"id": RID, "status": "PROCESSING", "costPU": 12.5})
     put = requests_mock.put(f"{V2}/process/{RID}", json={"id": RID, "description": "d"})
     requests_mock.get(f"{V2}/tilinggrids/6", json=GRIDS["data"][2])
@@ -169,12 +182,18 @@ def test_list_follows_next_token_and_search(hook, requests_mock):
     ids = [r["id"] for r in hook.iter_requests(search="tag-1|tag-2", sort="created:desc", page_size=2)]
     assert ids == ["a", "b", "c"]
     assert route.call_count == 3
-    assert route.request_history[0].qs == {"search": ["tag-1|tag-2"], "sort": ["created:desc"], "count": ["2"]}
+    assert route.request_history[0].qs == {
+        "search": ["tag-1|tag-2"],
+        "sort": ["created:desc"],
+        "count": ["2"],
+    }
     assert route.request_history[2].qs["viewtoken"] == ["t3"]
 
 
 def test_list_follows_next_link_when_no_token(hook, requests_mock):
-    requests_mock.get(f"{V1}/process", json={"data": [{"id": "a"}], "links": {"next": f"{V1}/process?page=2"}})
+    requests_mock.get(
+        f"{V1}/process", json={"data": [{"id": "a"}], "links": {"next": f"{V1}/process?page=2"}}
+    )
     requests_mock.get(f"{V1}/process?page=2", json={"data": [{"id": "b"}], "links": {}})
     assert [r["id"] for r in hook.list_requests()] == ["a", "b"]
 
@@ -195,7 +214,10 @@ def test_token_reused_across_calls_and_hooks(hook, token_mock, requests_mock):
 def test_token_refreshed_before_expiry(hook, requests_mock, monkeypatch):
     token = requests_mock.post(
         TOKEN_URL,
-        [{"json": {"access_token": "tok-1", "expires_in": 3600}}, {"json": {"access_token": "tok-2", "expires_in": 3600}}],
+        [
+            {"json": {"access_token": "tok-1", "expires_in": 3600}},
+            {"json": {"access_token": "tok-2", "expires_in": 3600}},
+        ],
     )
     api = requests_mock.get(f"{V1}/process/{RID}", json={"id": RID})
     hook.get_request(RID)
@@ -209,7 +231,10 @@ def test_token_refreshed_before_expiry(hook, requests_mock, monkeypatch):
 def test_401_refreshes_once_and_retries(hook, requests_mock):
     token = requests_mock.post(
         TOKEN_URL,
-        [{"json": {"access_token": "old", "expires_in": 3600}}, {"json": {"access_token": "new", "expires_in": 3600}}],
+        [
+            {"json": {"access_token": "old", "expires_in": 3600}},
+            {"json": {"access_token": "new", "expires_in": 3600}},
+        ],
     )
     route = requests_mock.get(
         f"{V1}/process/{RID}", [{"status_code": 401, "json": {}}, {"json": {"id": RID, "status": "DONE"}}]
@@ -223,7 +248,14 @@ def test_persistent_401_is_not_a_retry_storm(hook, token_mock, requests_mock):
     route = requests_mock.get(
         f"{V1}/process/{RID}",
         status_code=401,
-        json={"error": {"status": 401, "reason": "Unauthorized", "message": "Token is not valid", "code": "COMMON_UNAUTHORIZED"}},
+        json={
+            "error": {
+                "status": 401,
+                "reason": "Unauthorized",
+                "message": "Token is not valid",
+                "code": "COMMON_UNAUTHORIZED",
+            }
+        },
     )
     with pytest.raises(SentinelBatchAPIError, match="Token is not valid") as exc:
         hook.get_request(RID)
@@ -234,9 +266,16 @@ def test_persistent_401_is_not_a_retry_storm(hook, token_mock, requests_mock):
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (401, {"error": "invalid_client", "error_description": "Invalid client or Invalid client credentials"},
-         "HTTP 401 invalid_client: Invalid client or Invalid client credentials"),
-        (400, {"error": "unauthorized_client", "error_description": "Client not enabled"}, "unauthorized_client"),
+        (
+            401,
+            {"error": "invalid_client", "error_description": "Invalid client or Invalid client credentials"},
+            "HTTP 401 invalid_client: Invalid client or Invalid client credentials",
+        ),
+        (
+            400,
+            {"error": "unauthorized_client", "error_description": "Client not enabled"},
+            "unauthorized_client",
+        ),
     ],
 )
 def test_token_rejection_is_clear_and_secret_free(conn_env, requests_mock, caplog, status, body, expected):
@@ -282,7 +321,15 @@ def test_429_waits_retry_after_milliseconds(hook, requests_mock):
     route = requests_mock.get(
         f"{V1}/process/{RID}",
         [
-            {"status_code": 429, "headers": {"Retry-After": "3398"}, "json": {"status": 429, "code": "RATE_LIMIT_EXCEEDED", "message": "You have exceeded your rate limit"}},
+            {
+                "status_code": 429,
+                "headers": {"Retry-After": "3398"},
+                "json": {
+                    "status": 429,
+                    "code": "RATE_LIMIT_EXCEEDED",
+                    "message": "You have exceeded your rate limit",
+                },
+            },
             {"json": {"id": RID, "status": "DONE"}},
         ],
     )
@@ -298,8 +345,18 @@ def test_429_without_retry_after_uses_default(hook, requests_mock):
 
 
 def test_429_storm_is_bounded(hook, requests_mock):
-    route = requests_mock.get(f"{V1}/process/{RID}", status_code=429, headers={"Retry-After": "10"},
-                              json={"error": {"status": 429, "message": "You have exceeded your rate limit", "code": "RATE_LIMIT_EXCEEDED"}})
+    route = requests_mock.get(
+        f"{V1}/process/{RID}",
+        status_code=429,
+        headers={"Retry-After": "10"},
+        json={
+            "error": {
+                "status": 429,
+                "message": "You have exceeded your rate limit",
+                "code": "RATE_LIMIT_EXCEEDED",
+            }
+        },
+    )
     with pytest.raises(SentinelBatchAPIError, match="still rate limited") as exc:
         hook.get_request(RID)
     assert exc.value.status == 429 and exc.value.code == "RATE_LIMIT_EXCEEDED"
@@ -309,8 +366,12 @@ def test_429_storm_is_bounded(hook, requests_mock):
 def test_5xx_burst_backs_off_exponentially(hook, requests_mock):
     route = requests_mock.get(
         f"{V1}/process/{RID}",
-        [{"status_code": 503}, {"status_code": 500, "json": {"error": {"message": "x", "code": "RENDERER_EXCEPTION"}}},
-         {"status_code": 502}, {"json": {"id": RID}}],
+        [
+            {"status_code": 503},
+            {"status_code": 500, "json": {"error": {"message": "x", "code": "RENDERER_EXCEPTION"}}},
+            {"status_code": 502},
+            {"json": {"id": RID}},
+        ],
     )
     hook.get_request(RID)
     assert route.call_count == 4
@@ -320,7 +381,11 @@ def test_5xx_burst_backs_off_exponentially(hook, requests_mock):
 
 
 def test_5xx_gives_up_after_max_attempts(hook, requests_mock):
-    route = requests_mock.get(f"{V1}/process/{RID}", status_code=500, json={"error": {"status": 500, "message": "Internal", "code": "COMMON_EXCEPTION"}})
+    route = requests_mock.get(
+        f"{V1}/process/{RID}",
+        status_code=500,
+        json={"error": {"status": 500, "message": "Internal", "code": "COMMON_EXCEPTION"}},
+    )
     with pytest.raises(SentinelBatchAPIError, match="HTTP 500 COMMON_EXCEPTION: Internal"):
         hook.get_request(RID)
     assert route.call_count == 4
@@ -340,7 +405,13 @@ def test_404_right_after_create_is_retried(hook, requests_mock):
     RECENT_REQUESTS.note(RID)
     route = requests_mock.get(
         f"{V1}/process/{RID}",
-        [{"status_code": 404, "json": {"error": {"status": 404, "message": "not found", "code": "COMMON_NOT_FOUND"}}}] * 2
+        [
+            {
+                "status_code": 404,
+                "json": {"error": {"status": 404, "message": "not found", "code": "COMMON_NOT_FOUND"}},
+            }
+        ]
+        * 2
         + [{"json": {"id": RID, "status": "CREATED"}}],
     )
     assert hook.get_status(RID) == "CREATED"
@@ -349,8 +420,18 @@ def test_404_right_after_create_is_retried(hook, requests_mock):
 
 def test_404_after_grace_is_a_clear_not_found(hook, requests_mock):
     RECENT_REQUESTS.note(RID, created_at=time.time() - 3600)
-    route = requests_mock.get(f"{V1}/process/{RID}", status_code=404,
-                              json={"error": {"status": 404, "reason": "Not Found", "message": "Batch request not found", "code": "COMMON_NOT_FOUND"}})
+    route = requests_mock.get(
+        f"{V1}/process/{RID}",
+        status_code=404,
+        json={
+            "error": {
+                "status": 404,
+                "reason": "Not Found",
+                "message": "Batch request not found",
+                "code": "COMMON_NOT_FOUND",
+            }
+        },
+    )
     with pytest.raises(SentinelBatchNotFoundError, match="does not exist here") as exc:
         hook.get_request(RID)
     assert route.call_count == 1
@@ -358,8 +439,17 @@ def test_404_after_grace_is_a_clear_not_found(hook, requests_mock):
 
 
 def test_400_is_not_retried_and_renders_violations(hook, requests_mock):
-    body = {"error": {"status": 400, "reason": "Bad Request", "message": "Invalid request", "code": "COMMON_BAD_PAYLOAD",
-                      "errors": [{"parameter": "processRequest->input->bounds->bbox", "violation": "must be 4 numbers"}]}}
+    body = {
+        "error": {
+            "status": 400,
+            "reason": "Bad Request",
+            "message": "Invalid request",
+            "code": "COMMON_BAD_PAYLOAD",
+            "errors": [
+                {"parameter": "processRequest->input->bounds->bbox", "violation": "must be 4 numbers"}
+            ],
+        }
+    }
     route = requests_mock.post(f"{V1}/process/{RID}/start", status_code=400, json=body)
     with pytest.raises(SentinelBatchAPIError) as exc:
         hook.start(RID)
@@ -393,7 +483,10 @@ def test_grid_resolution_checked_against_cached_grids(hook, requests_mock):
     requests_mock.post(f"{V1}/process", status_code=201, json={"id": RID})
     payload = v1_payload()
     payload["tilingGrid"]["resolution"] = 30.0
-    with pytest.raises(SentinelBatchValidationError, match=r"resolution 30.0 is not offered by '20km grid' \(id 0\); choose one of 10.0, 20.0, 60.0"):
+    with pytest.raises(
+        SentinelBatchValidationError,
+        match=r"resolution 30.0 is not offered by '20km grid' \(id 0\); choose one of 10.0, 20.0, 60.0",
+    ):
         hook.create_request(payload)
     payload["tilingGrid"] = {"id": 42, "resolution": 60.0}
     with pytest.raises(SentinelBatchValidationError, match="id 42 is not a tiling grid"):
@@ -409,10 +502,13 @@ def test_connection_presets_and_overrides(conn_env, monkeypatch):
     assert s.token_url.startswith("https://identity.dataspace.copernicus.eu/auth/realms/CDSE/")
     conn_env(deployment="sentinel-hub-us")
     assert SentinelBatchHook().settings.base_url == "https://services-uswest2.sentinel-hub.com"
-    conn_env(deployment="custom", base_url="http://127.0.0.1:8787", token_url="http://127.0.0.1:8787/oauth/token")
+    conn_env(
+        deployment="custom", base_url="http://127.0.0.1:8787", token_url="http://127.0.0.1:8787/oauth/token"
+    )
     assert SentinelBatchHook().settings.base_url == "http://127.0.0.1:8787"
     monkeypatch.setenv(
-        "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", f"sentinel-batch://{CLIENT_ID}:{SECRET}@?deployment=cdse&api_version=v1"
+        "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT",
+        f"sentinel-batch://{CLIENT_ID}:{SECRET}@?deployment=cdse&api_version=v1",
     )
     s = SentinelBatchHook().settings
     assert (s.deployment, s.api_version, s.client_secret) == ("cdse", "v1", SECRET)
@@ -423,7 +519,10 @@ def test_connection_presets_and_overrides(conn_env, monkeypatch):
     [
         ({"deployment": "mars"}, "unknown deployment 'mars'"),
         ({"deployment": "custom", "base_url": "http://example.com"}, "needs both 'base_url' and 'token_url'"),
-        ({"deployment": "custom", "base_url": "http://example.com", "token_url": "https://x/t"}, "plain http to a non-loopback"),
+        (
+            {"deployment": "custom", "base_url": "http://example.com", "token_url": "https://x/t"},
+            "plain http to a non-loopback",
+        ),
         ({"api_version": "v3"}, "'v1' or 'v2'"),
     ],
 )

@@ -26,7 +26,12 @@ def test_evalscript_is_the_seed_one():
 
 def test_seed_calls_in_order(hook, requests_mock):
     requests_mock.get("https://services.sentinel-hub.com/api/v1/batch/tilinggrids", json=GRIDS)
-    created = {"id": RID, "status": "CREATED", "tileCount": 72, "processRequest": seed_payload("my-bucket")["processRequest"]}
+    created = {
+        "id": RID,
+        "status": "CREATED",
+        "tileCount": 72,
+        "processRequest": seed_payload("my-bucket")["processRequest"],
+    }
     create = requests_mock.post(URL, status_code=201, json=created)
     listing = requests_mock.get(URL, json={"data": [created], "links": {}})
     analysed = {**created, "status": "ANALYSIS_DONE", "userAction": "ANALYSE", "valueEstimate": 1234.5}
@@ -36,7 +41,9 @@ def test_seed_calls_in_order(hook, requests_mock):
         f"{URL}/{RID}", [{"json": created}, {"json": analysed}, {"json": started}, {"json": canceled}]
     )
     analyse = requests_mock.post(f"{URL}/{RID}/analyse", status_code=204)
-    tiles = requests_mock.get(f"{URL}/{RID}/tiles", json={"data": [{"id": 1, "status": "PENDING"}], "links": {}})
+    tiles = requests_mock.get(
+        f"{URL}/{RID}/tiles", json={"data": [{"id": 1, "status": "PENDING"}], "links": {}}
+    )
     start = requests_mock.post(f"{URL}/{RID}/start", status_code=204)
     cancel = requests_mock.post(f"{URL}/{RID}/cancel", status_code=204)
 

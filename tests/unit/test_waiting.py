@@ -40,11 +40,25 @@ def test_cost_guard_only_while_running():
 
 
 def test_summary_never_carries_the_payload():
-    request = {"id": "r", "status": "DONE", "costPU": 3.0,
-               "request": {"description": "d", "output": {"delivery": {"s3": {"url": "s3://b/", "secretAccessKey": "S"}}}}}
+    request = {
+        "id": "r",
+        "status": "DONE",
+        "costPU": 3.0,
+        "request": {
+            "description": "d",
+            "output": {"delivery": {"s3": {"url": "s3://b/", "secretAccessKey": "S"}}},
+        },
+    }
     summary = summarize("v2", request)
-    assert summary == {"request_id": "r", "api_version": "v2", "status": "DONE", "costPU": 3.0, "description": "d",
-                       "cost_pu": 3.0, "output_location": "s3://b/"}
+    assert summary == {
+        "request_id": "r",
+        "api_version": "v2",
+        "status": "DONE",
+        "costPU": 3.0,
+        "description": "d",
+        "cost_pu": 3.0,
+        "output_location": "s3://b/",
+    }
 
 
 def test_fast_while_analysing_slow_while_processing():
@@ -54,11 +68,21 @@ def test_fast_while_analysing_slow_while_processing():
 
 def test_adaptive_sleeps_towards_the_predicted_finish():
     # 1 % per 60 s: ~99 min left -> sleep long, but never past max_poll_interval
-    far = next_delay("PROCESSING", poll_interval=60, analysis_poll_interval=10,
-                     progress=[(0, 0.0), (60, 1.0)], max_poll_interval=900)
+    far = next_delay(
+        "PROCESSING",
+        poll_interval=60,
+        analysis_poll_interval=10,
+        progress=[(0, 0.0), (60, 1.0)],
+        max_poll_interval=900,
+    )
     assert far == 900
     # 10 % per minute with 80 % done: 2 min left -> come back just after the predicted end, not later
-    near = next_delay("PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=[(0, 70.0), (60, 80.0)])
+    near = next_delay(
+        "PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=[(0, 70.0), (60, 80.0)]
+    )
     assert 10 <= near <= 60
     # no progress measured: the plain interval
-    assert next_delay("PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=[(0, 5.0), (60, 5.0)]) == 60
+    assert (
+        next_delay("PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=[(0, 5.0), (60, 5.0)])
+        == 60
+    )
