@@ -295,7 +295,9 @@ class Job:
         """Tiles not yet started at ``t`` go back to PENDING; running ones finish (and are charged),
         unless ``abort_running`` (out of PUs: nothing more can be billed)."""
         for tile in self.tiles:
-            if tile.start_at is not None and (tile.start_at > t or (abort_running and (tile.end_at or 0) > t)):
+            if tile.start_at is not None and (
+                tile.start_at > t or (abort_running and (tile.end_at or 0) > t)
+            ):
                 tile.unschedule()
 
     def _stop(self, t: float, reason: str) -> None:

@@ -97,8 +97,7 @@ def write_placeholder(path: Path, fmt: str) -> None:
         path.write_bytes(TIFF_BYTES)
 
 
-def write_zarr_group(data_dir: Path, url: str, identifiers: Iterable[str]) -> None:
-    root = local_path(data_dir, url)
+def write_zarr_group(root: Path, identifiers: Iterable[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
     for ident in identifiers:

@@ -87,13 +87,25 @@ class OutputWriter:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        self.created_buckets: set[Path] = set()
+
+    def local(self, url: str) -> Path:
+        """Local path of an ``s3://`` URL; remembers bucket dirs this emulator created (reset removes them)."""
+        path = out.local_path(self.data_dir, url)
+        bucket = self.data_dir / path.relative_to(self.data_dir).parts[0]
+        if bucket not in self.created_buckets and not bucket.exists():
+            self.created_buckets.add(bucket)
+        return path
+
+    def remove_created(self) -> None:
+        for bucket in self.created_buckets:
+            shutil.rmtree(bucket, ignore_errors=True)
+        self.created_buckets.clear()
 
     def _root(self, job: Job) -> Path:
         if job.output_kind == "zarr":
-            return out.local_path(
-                self.data_dir, out.expand_template(job.output_url, job.id).replace("<", "_")
-            )
-        return out.local_path(self.data_dir, out.output_root(job.output_url, job.id))
+            return self.local(out.expand_template(job.output_url, job.id).replace("<", "_"))
+        return self.local(out.output_root(job.output_url, job.id))
 
     def created(self, job: Job) -> None:
         if job.api == 2 and job.output_url:
@@ -128,14 +140,10 @@ class OutputWriter:
             for tile in job.tiles:
                 if not tile.written and not tile.fails and tile.end_at is not None and tile.end_at <= now:
                     for url, fmt in out.tile_urls(job.output_url, job.id, tile.name, tile.id, job.responses):
-                        out.write_placeholder(out.local_path(self.data_dir, url), fmt)
+                        out.write_placeholder(self.local(url), fmt)
                     tile.written = True
         elif job.status in {"DONE", "PARTIAL"} and "zarr" not in job.extra_outputs_written:
-            out.write_zarr_group(
-                self.data_dir,
-                out.expand_template(job.output_url, job.id).replace("<", "_"),
-                [r[0] for r in job.responses],
-            )
+            out.write_zarr_group(self._root(job), [r[0] for r in job.responses])
             job.extra_outputs_written.append("zarr")
         if job.api == 2 and job.analysed:
             finished = job.finished_tiles(now)
@@ -206,6 +214,8 @@ class EmulatorState:
             if self.owns_data_dir:
                 for child in self.data_dir.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                self.outputs.remove_created()  # never touch files the emulator did not create
             self.save()
 
     def set_faults(self, **changes: Any) -> FaultConfig:
