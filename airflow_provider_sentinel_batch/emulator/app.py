@@ -83,12 +83,21 @@ class EmulatorApp(FastAPI):
         await super().__call__(scope, receive, counting_send)
 
     def _route_key(self, scope: Scope) -> str:
-        method = scope["method"]
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return f"{method} {getattr(route, 'path', scope['path'])}"
-        return f"{method} <unmatched>"
+        """``"GET /api/v1/batch/process/{id}"``; cached per concrete path since clients poll the same URLs."""
+        method, path = scope["method"], scope["path"]
+        cache: dict[tuple[str, str], str] = self.__dict__.setdefault("_route_keys", {})
+        key = cache.get((method, path))
+        if key is None:
+            key = f"{method} <unmatched>"
+            for route in self.router.routes:
+                match, _ = route.matches(scope)
+                if match is not Match.NONE:
+                    key = f"{method} {getattr(route, 'path', path)}"
+                    break
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[(method, path)] = key
+        return key
 
 
 def _drop_connection(send: Send) -> None:
@@ -231,11 +240,10 @@ def _overrides(request: Request) -> dict[str, Any]:
 def create_app(config: EmulatorConfig | None = None, *, state: EmulatorState | None = None) -> EmulatorApp:
     """The emulator as an ASGI app (``state`` lets a server share its state object with tests)."""
     st = state if state is not None else EmulatorState(config or EmulatorConfig())
+    # Plain Starlette routes (``add_route``): handlers take the Request and build responses themselves, so
+    # FastAPI's per-request dependency solving is skipped (status polling is the hot path).
     app = EmulatorApp(
-        title="Sentinel Hub Batch API emulator",
-        docs_url="/_emulator/docs",
-        redoc_url=None,
-        openapi_url="/_emulator/openapi.json",
+        title="Sentinel Hub Batch API emulator", docs_url=None, redoc_url=None, openapi_url=None
     )
     app.emu_state = st
 
@@ -292,7 +300,7 @@ def _token_routes(app: FastAPI, st: EmulatorState) -> None:
         return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     for path in TOKEN_PATHS:
-        app.add_api_route(path, token, methods=["POST"], include_in_schema=True)
+        app.add_route(path, token, methods=["POST"], include_in_schema=True)
 
 
 def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
@@ -341,20 +349,20 @@ def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
             raise ApiError(404, f"Tile {raw} not found.", "COMMON_NOT_FOUND")
         return JSONResponse(st.get_tile(request.path_params["id"], int(raw)))
 
-    app.add_api_route(f"{base}/process", create, methods=["POST"])
-    app.add_api_route(f"{base}/process", list_, methods=["GET"])
-    app.add_api_route(f"{base}/process/{{id}}", get, methods=["GET"])
-    app.add_api_route(f"{base}/process/{{id}}", put, methods=["PUT"])
-    app.add_api_route(f"{base}/process/{{id}}", delete, methods=["DELETE"])
+    app.add_route(f"{base}/process", create, methods=["POST"])
+    app.add_route(f"{base}/process", list_, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", get, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", put, methods=["PUT"])
+    app.add_route(f"{base}/process/{{id}}", delete, methods=["DELETE"])
     for path, name in (
         ("analyse", "analyse"),
         ("start", "start"),
         ("cancel", "cancel"),
         ("restartpartial", "restart"),
     ):
-        app.add_api_route(f"{base}/process/{{id}}/{path}", action(name), methods=["POST"])
-    app.add_api_route(f"{base}/process/{{id}}/tiles", tiles, methods=["GET"])
-    app.add_api_route(f"{base}/process/{{id}}/tiles/{{tileId}}", tile, methods=["GET"])
+        app.add_route(f"{base}/process/{{id}}/{path}", action(name), methods=["POST"])
+    app.add_route(f"{base}/process/{{id}}/tiles", tiles, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}/tiles/{{tileId}}", tile, methods=["GET"])
 
     async def col_create(request: Request) -> Response:
         return JSONResponse({"data": st.create_collection(await read_payload(request))}, 201)
@@ -373,11 +381,11 @@ def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
         st.delete_collection(request.path_params["id"])
         return _no_content()
 
-    app.add_api_route(f"{base}/collections", col_create, methods=["POST"])
-    app.add_api_route(f"{base}/collections", col_list, methods=["GET"])
-    app.add_api_route(f"{base}/collections/{{id}}", col_get, methods=["GET"])
-    app.add_api_route(f"{base}/collections/{{id}}", col_put, methods=["PUT"])
-    app.add_api_route(f"{base}/collections/{{id}}", col_delete, methods=["DELETE"])
+    app.add_route(f"{base}/collections", col_create, methods=["POST"])
+    app.add_route(f"{base}/collections", col_list, methods=["GET"])
+    app.add_route(f"{base}/collections/{{id}}", col_get, methods=["GET"])
+    app.add_route(f"{base}/collections/{{id}}", col_put, methods=["PUT"])
+    app.add_route(f"{base}/collections/{{id}}", col_delete, methods=["DELETE"])
 
 
 def _v2_routes(app: FastAPI, st: EmulatorState) -> None:
@@ -404,12 +412,12 @@ def _v2_routes(app: FastAPI, st: EmulatorState) -> None:
 
         return handler
 
-    app.add_api_route(f"{base}/process", create, methods=["POST"])
-    app.add_api_route(f"{base}/process", list_, methods=["GET"])
-    app.add_api_route(f"{base}/process/{{id}}", get, methods=["GET"])
-    app.add_api_route(f"{base}/process/{{id}}", put, methods=["PUT"])
+    app.add_route(f"{base}/process", create, methods=["POST"])
+    app.add_route(f"{base}/process", list_, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", get, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", put, methods=["PUT"])
     for name in ("analyse", "start", "stop"):
-        app.add_api_route(f"{base}/process/{{id}}/{name}", action(name), methods=["POST"])
+        app.add_route(f"{base}/process/{{id}}/{name}", action(name), methods=["POST"])
 
 
 def _grid_routes(app: FastAPI) -> None:
@@ -426,8 +434,8 @@ def _grid_routes(app: FastAPI) -> None:
         return JSONResponse(GRIDS[int(raw)].descriptor())
 
     for version in ("v1", "v2"):
-        app.add_api_route(f"/api/{version}/batch/tilinggrids", grid_list, methods=["GET"])
-        app.add_api_route(f"/api/{version}/batch/tilinggrids/{{id}}", grid_get, methods=["GET"])
+        app.add_route(f"/api/{version}/batch/tilinggrids", grid_list, methods=["GET"])
+        app.add_route(f"/api/{version}/batch/tilinggrids/{{id}}", grid_get, methods=["GET"])
 
 
 def _control_routes(app: FastAPI, st: EmulatorState) -> None:
@@ -551,7 +559,7 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
         ("/next-jobs", next_jobs, ["POST"]),
     ]
     for path, fn, methods in routes:
-        app.add_api_route(base + path, guarded(fn), methods=methods, include_in_schema=False)
+        app.add_route(base + path, guarded(fn), methods=methods, include_in_schema=False)
 
 
 def _count_tiles(job: Any, now: float) -> dict[str, int]:

@@ -136,6 +136,9 @@ class Job:
     oop_at: float | None = None
     schedule_round: int = 0
     db_signature: str = ""
+    value_estimate_pu: float | None = None
+    output_check_at: float = -1e18
+    """Emulated time of the next tile output to write; lets status polls skip scanning every tile."""
     extra_outputs_written: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------------ derived
@@ -146,7 +149,9 @@ class Job:
 
     @property
     def value_estimate(self) -> float:
-        return max(100.0, sum(t.cost for t in self.tiles))
+        if self.value_estimate_pu is None:
+            self.value_estimate_pu = max(100.0, sum(t.cost for t in self.tiles))
+        return self.value_estimate_pu
 
     @property
     def discount(self) -> float:
@@ -242,6 +247,7 @@ class Job:
         """Assign tiles to a pool of workers from ``t0``; which tiles fail is drawn here, seeded."""
         rng = random.Random(f"{self.seed}:{self.schedule_round}")
         self.schedule_round += 1
+        self.output_check_at = -1e18
         tm = st.timing
         self._draw_failures(rng, tiles)
         base = tm.tile_base + tm.tile_per_mpx * self.tile_px[0] * self.tile_px[1] / 1e6
@@ -267,6 +273,7 @@ class Job:
         """After the failure rate changed mid-run: re-decide tiles that have not finished yet."""
         rng = random.Random(f"{self.seed}:redraw:{self.schedule_round}")
         self.schedule_round += 1
+        self.output_check_at = -1e18
         self._draw_failures(rng, [t for t in self.tiles if not t.finished(now)])
 
     def _enter_processing(self, st: EmulatorState, t: float) -> None:
@@ -488,4 +495,5 @@ class Job:
             self.stopped_reason = None
         self.status = status
         self.last_updated_emu = now
+        self.output_check_at = -1e18
         log.info("job %s forced to %s", self.id, status)

@@ -8,6 +8,7 @@ the server thread while tests poke from theirs.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -67,7 +68,13 @@ class Clock:
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO-8601 UTC with milliseconds and ``Z`` (what sentinelhub-py's ``datetime_config`` parses)."""
+    return _iso_ms(int(epoch * 1000))
+
+
+@functools.lru_cache(maxsize=8192)
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def search_matches(text: str, search: str | None) -> bool:
@@ -136,12 +143,18 @@ class OutputWriter:
     def sync(self, job: Job, now: float) -> None:
         if not job.output_url:
             return
-        if job.output_kind == "raster":
+        if job.output_kind == "raster" and now >= job.output_check_at:
+            upcoming = float("inf")
             for tile in job.tiles:
-                if not tile.written and not tile.fails and tile.end_at is not None and tile.end_at <= now:
+                if tile.written or tile.fails or tile.end_at is None:
+                    continue
+                if tile.end_at <= now:
                     for url, fmt in out.tile_urls(job.output_url, job.id, tile.name, tile.id, job.responses):
                         out.write_placeholder(self.local(url), fmt)
                     tile.written = True
+                else:
+                    upcoming = min(upcoming, tile.end_at)
+            job.output_check_at = upcoming
         elif job.status in {"DONE", "PARTIAL"} and "zarr" not in job.extra_outputs_written:
             out.write_zarr_group(self._root(job), [r[0] for r in job.responses])
             job.extra_outputs_written.append("zarr")
@@ -424,7 +437,7 @@ class EmulatorState:
                 "accountId": self.account_id,
                 "created": created,
             }
-            body.update(copy.deepcopy(job.body))
+            body.update(_shallow(job.body))
             body.update(
                 {
                     "tileCount": len(job.tiles),
@@ -442,7 +455,7 @@ class EmulatorState:
             return body
         task: dict[str, Any] = {
             "id": job.id,
-            "request": copy.deepcopy(job.body),
+            "request": _shallow(job.body),
             "domainAccountId": 0,
             "status": job.status,
             "userAction": job.user_action,
@@ -726,6 +739,15 @@ def _normalized_body(api: int, payload: dict[str, Any]) -> dict[str, Any]:
     if body.get("description") is not None:
         request["description"] = body["description"]
     return request
+
+
+def _shallow(body: dict[str, Any]) -> dict[str, Any]:
+    """Copy of the parts the API may change later (deep copies of big process requests are slow); the
+    rest is never mutated after create."""
+    copied = dict(body)
+    if isinstance(copied.get("output"), dict):
+        copied["output"] = dict(copied["output"])
+    return copied
 
 
 def _last_tile_event(job: Job, now: float) -> float:
