@@ -510,6 +510,20 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
                 for j in list(st.jobs.values())
             ]
 
+    async def bulk(request: Request) -> Any:
+        body = await _json_or_empty(request)
+        api = {"v1": 1, "v2": 2}.get(str(body.get("api", "v2")))
+        if api is None:
+            raise ValueError("api must be v1 or v2")
+        ids = st.create_many(
+            api,
+            body.get("payload"),
+            int(body.get("count", 1)),
+            action=body.get("action"),
+            write_outputs=bool(body.get("write_outputs", True)),
+        )
+        return {"ids": ids}
+
     async def job(request: Request) -> Any:
         j = st.get_job(request.path_params["id"])
         with st.lock:
@@ -553,6 +567,7 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
         ("/time-scale", time_scale, ["POST"]),
         ("/account", account, ["GET", "POST"]),
         ("/jobs", jobs, ["GET"]),
+        ("/jobs/bulk", bulk, ["POST"]),
         ("/jobs/{id}", job, ["GET"]),
         ("/jobs/{id}/force", force, ["POST"]),
         ("/jobs/{id}/configure", configure, ["POST"]),

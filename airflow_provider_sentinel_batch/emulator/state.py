@@ -372,8 +372,16 @@ class EmulatorState:
         job.advance(self, self.clock.now())
         return job
 
-    def create(self, api: int, payload: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        plan = validate_v1(payload) if api == 1 else validate_v2(payload)
+    def create(
+        self,
+        api: int,
+        payload: Any,
+        overrides: dict[str, Any] | None = None,
+        *,
+        plan: Plan | None = None,
+        write_outputs: bool = True,
+    ) -> dict[str, Any]:
+        plan = plan or (validate_v1(payload) if api == 1 else validate_v2(payload))
         with self.lock:
             if api == 2:
                 self.check_pu_balance()
@@ -408,7 +416,7 @@ class EmulatorState:
                 tile_px=list(plan.tile_px),
                 responses=[list(r) for r in plan.responses],
                 output_kind=plan.output_kind,
-                output_url=plan.output_url,
+                output_url=plan.output_url if write_outputs else "",
                 tile_failure_rate=float(settings.get("tile_failure_rate") or 0.0),
                 retry_tile_failure_rate=float(settings.get("retry_tile_failure_rate") or 0.0),
                 analysis_error=analysis_error,
@@ -421,6 +429,33 @@ class EmulatorState:
             log.info("created v%d job %s with %d tiles", api, job_id, len(job.tiles))
             self.save()
             return self.view(job)
+
+    def create_many(
+        self, api: int, payload: Any, count: int, *, action: str | None = None, write_outputs: bool = True
+    ) -> list[str]:
+        """``count`` jobs from one payload, validated once, optionally analysed/started (load tests).
+
+        ``write_outputs=False`` keeps the API view unchanged but writes no bucket files for these jobs, so
+        10,000 waiting jobs cost memory only.
+        """
+        if not 1 <= count <= 100_000:
+            raise ValueError("count must be within [1, 100000]")
+        if action not in (None, "analyse", "start"):
+            raise ValueError("action must be analyse, start or null")
+        plan = validate_v1(payload) if api == 1 else validate_v2(payload)
+        ids: list[str] = []
+        with self.lock:
+            state_file, self.state_file = self.state_file, None  # save once at the end, not per job
+            try:
+                for _ in range(count):
+                    job_id = self.create(api, payload, plan=plan, write_outputs=write_outputs)["id"]
+                    if action is not None:
+                        self.action(api, job_id, action)
+                    ids.append(job_id)
+            finally:
+                self.state_file = state_file
+            self.save()
+        return ids
 
     def view(self, job: Job) -> dict[str, Any]:
         """The API body (v1 ``BatchProcessRequest`` / v2 task) at the current time."""

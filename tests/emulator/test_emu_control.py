@@ -112,3 +112,18 @@ def test_default_time_scale_runs_corsica_in_20_to_30_seconds(api: Api, emu: Emul
         emulated += 1
         assert emulated < 2000
     assert 20 <= emulated / DEFAULT_TIME_SCALE <= 30
+
+
+def test_bulk_create_validates_once_and_starts(api: Api, emu: EmulatorServer) -> None:
+    freeze(emu)
+    body = {"api": "v2", "payload": v2_payload(), "count": 3, "action": "start", "write_outputs": False}
+    ids = _control(emu, "POST", "/jobs/bulk", json=body).json()["ids"]
+    assert len(set(ids)) == 3 and emu.stats()["jobs_created"] == 3
+    for jid in ids:
+        assert api.job(2, jid)["userAction"] == "START"
+    emu.advance(10_000)
+    assert {api.job(2, jid)["status"] for jid in ids} == {"DONE"}
+    assert not any(emu.data_dir.iterdir())  # write_outputs=False: no bucket files
+    bad = _control(emu, "POST", "/jobs/bulk", json={"api": "v2", "payload": {"input": {}}, "count": 2})
+    assert bad.status_code == 400 and emu.stats()["jobs_created"] == 3
+    assert _control(emu, "POST", "/jobs/bulk", json={"api": "v3", "payload": {}}).status_code == 400
