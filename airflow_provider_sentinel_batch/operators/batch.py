@@ -25,6 +25,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_sentinel_batch import lineage, results
 from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchAPIError,
     SentinelBatchConfigError,
@@ -126,6 +127,7 @@ class SentinelBatchBaseOperator(BaseOperator):
         ti.xcom_push(
             key=LINKS_KEY, value={"dashboard": self.hook.dashboard_url(request_id), "output": location}
         )
+        lineage.remember_request(self, request_id, request)  # credential-free facts for OpenLineage
 
 
 class _WaitsForBatch:
@@ -177,6 +179,7 @@ class _WaitsForBatch:
         max_partial_restarts: int,
         created_at: Any,
         stale_timeout: float = 900.0,
+        result_options: results.ResultOptions | None = None,
     ) -> None:
         if partial_policy not in PARTIAL_POLICIES:
             raise SentinelBatchConfigError(
@@ -196,6 +199,7 @@ class _WaitsForBatch:
         self.max_partial_restarts = max_partial_restarts
         self.created_at = created_at
         self.stale_timeout = stale_timeout
+        self.result_options = result_options or results.ResultOptions()
 
     def _note_created(self, request_id: str) -> float | None:
         from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS
@@ -333,7 +337,7 @@ class _WaitsForBatch:
         message = str(event.get("message") or status)
         if status == SUCCESS:
             self.log.info("%s", message)
-            return summary
+            return results.finish(self, context, summary, wait_for)  # manifest, thresholds, asset events
         if status == PARTIAL:
             failed = self._failed_tiles(request_id)
             if self.partial_policy == "restart" and restarts < self.max_partial_restarts:
@@ -350,7 +354,7 @@ class _WaitsForBatch:
             if self.partial_policy == "succeed_with_warning":
                 self.log.warning("%s; accepted (partial_policy='succeed_with_warning'). %s", message, failed)
                 summary["partial"] = True
-                return summary
+                return results.finish(self, context, summary, wait_for)
             raise SentinelBatchJobError(f"{message}. {failed}", request_id=request_id, status="PARTIAL")
         if status == TIMEOUT:
             if self.soft_fail:
@@ -392,6 +396,7 @@ def _wait_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         "partial_policy": kwargs.pop("partial_policy", "fail"),
         "max_partial_restarts": kwargs.pop("max_partial_restarts", 1),
         "created_at": kwargs.pop("created_at", None),
+        "result_options": results.pop_options(kwargs),  # result_manifest, results_url, max_failed_*, ...
     }
 
 
@@ -445,6 +450,8 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         self.bucket_conn_id = bucket_conn_id
         self.reuse_existing = reuse_existing
         self.validate = validate
+
+    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def _build_payload(self, tag: str) -> dict[str, Any]:
         payload = self.payload
@@ -576,6 +583,8 @@ class SentinelBatchAnalyseOperator(_RequestOperator):
 
 class SentinelBatchStartOperator(_RequestOperator):
     """Start processing (this costs PU). Refuses on v1 when ``valueEstimate / 3`` exceeds ``max_cost_pu``."""
+
+    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def execute(self, context: Context) -> Any:
         request = self._read()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_sentinel_batch import lineage
 from airflow_provider_sentinel_batch.operators.batch import (
     DEFAULT_CONN_ID,
     PARTIAL,
@@ -42,6 +43,7 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
     template_fields: Sequence[str] = ("request_id", "created_at", "sentinel_batch_conn_id", "api_version")
     operator_extra_links = (SentinelBatchDashboardLink(), SentinelBatchOutputLink())
     _is_sensor = True
+    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def __init__(
         self,
