@@ -13,10 +13,10 @@ from tests.emulator.helpers import Api, v1_payload, v2_payload
 Payload = dict[str, Any]
 
 
-def _set(path: str, value: Any) -> Callable[[Payload], None]:
+def _set(path: str, value: Any) -> Callable[[Payload], object]:
     def apply(p: Payload) -> None:
         *parents, last = path.split(".")
-        node = p
+        node: Any = p
         for key in parents:
             node = node[int(key)] if key.isdigit() else node[key]
         if value is _DELETE:
@@ -29,7 +29,7 @@ def _set(path: str, value: Any) -> Callable[[Payload], None]:
 
 _DELETE = object()
 
-V1_CASES: list[tuple[str, Callable[[Payload], None], str, str]] = [
+V1_CASES: list[tuple[str, Callable[[Payload], object], str, str]] = [
     ("no evalscript", _set("processRequest.evalscript", _DELETE), "processRequest->evalscript", "required"),
     ("empty evalscript", _set("processRequest.evalscript", "  "), "processRequest->evalscript", "non-empty"),
     ("no bounds", _set("processRequest.input.bounds", _DELETE), "processRequest->input->bounds", "required"),
@@ -144,7 +144,7 @@ V1_CASES: list[tuple[str, Callable[[Payload], None], str, str]] = [
 
 @pytest.mark.parametrize(("name", "mutate", "parameter", "violation"), V1_CASES, ids=[c[0] for c in V1_CASES])
 def test_v1_validation_errors(
-    api: Api, name: str, mutate: Callable[[Payload], None], parameter: str, violation: str
+    api: Api, name: str, mutate: Callable[[Payload], object], parameter: str, violation: str
 ) -> None:
     payload = copy.deepcopy(v1_payload())
     mutate(payload)
@@ -167,7 +167,7 @@ def test_v1_reports_all_violations_at_once(api: Api) -> None:
     assert {e["parameter"] for e in errors} == {"processRequest->evalscript", "tilingGrid->id"}
 
 
-V2_CASES: list[tuple[str, Callable[[Payload], None], str, str]] = [
+V2_CASES: list[tuple[str, Callable[[Payload], object], str, str]] = [
     ("no input", _set("input", _DELETE), "input", "required"),
     ("v1 tilingGrid in v2", _set("tilingGrid", {"id": 0, "resolution": 60.0}), "tilingGrid", "Batch v2 uses"),
     ("v1 bucketName in v2", _set("bucketName", "b"), "bucketName", "not a Batch v2 field"),
@@ -202,7 +202,7 @@ V2_CASES: list[tuple[str, Callable[[Payload], None], str, str]] = [
 
 @pytest.mark.parametrize(("name", "mutate", "parameter", "violation"), V2_CASES, ids=[c[0] for c in V2_CASES])
 def test_v2_validation_errors(
-    api: Api, name: str, mutate: Callable[[Payload], None], parameter: str, violation: str
+    api: Api, name: str, mutate: Callable[[Payload], object], parameter: str, violation: str
 ) -> None:
     payload = copy.deepcopy(v2_payload())
     mutate(payload)
