@@ -160,7 +160,8 @@ def settings_from_connection(conn: _ConnectionLike, extra: dict[str, Any]) -> Co
     where = f"connection {conn_id!r}" if conn_id else "the connection"
     if not conn.login or not conn.password:
         raise SentinelBatchConfigError(
-            f"{where} needs the OAuth client id as login and the client secret as password."
+            f"{where} needs the OAuth client id as login and the client secret as password "
+            "(in URI form the scheme must be 'sentinel-batch://id:secret@...': '_' is not allowed in a URI scheme)."
         )
     name = str(extra.get("deployment") or "").strip().lower() or None
     base_url = extra.get("base_url") or None
