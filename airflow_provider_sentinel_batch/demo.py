@@ -22,9 +22,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+_AIRFLOW_3 = not version("apache-airflow").startswith("2.")
 DEFAULT_DAGS = ("corsica_max_ndvi_v1", "corsica_max_ndvi_v2")
 SUMMARY_MARKER = "SENTINEL_BATCH_SUMMARY "
 # One log line, Airflow 3 (structlog) or Airflow 2 (logging) format → its level and message.
@@ -33,6 +35,8 @@ _AF3_LINE = re.compile(
 )
 _AF2_LINE = re.compile(r"^\[[^\]]+\] \{[^}]+\} (?P<level>[A-Z]+) - (?P<msg>.*)$")
 _EXCEPTION = re.compile(r"^[\w.]*(Error|Exception): ")
+# Airflow 3 starts its in-process Execution API for the first task: a pause worth explaining.
+_FIRST_TASK_NOTE = " (Airflow 3 first starts its in-process Execution API: 10-30 s)" if _AIRFLOW_3 else ""
 _PROGRESS = (
     "Batch request ",
     "Cost guard",
@@ -112,8 +116,8 @@ def _run_dag(dag_id: str, env: dict[str, str], log_path: Path) -> tuple[int, dic
                 if msg.startswith(SUMMARY_MARKER):
                     summary = json.loads(msg[len(SUMMARY_MARKER) :])
                 elif msg.startswith("[DAG TEST] starting task_id="):
+                    shown = "started" + (_FIRST_TASK_NOTE if task == "-" else "")
                     task = msg.split("task_id=", 1)[1].split()[0]
-                    shown = "started"
                 elif msg.startswith("[DAG TEST] running trigger in line"):
                     shown = "deferred: the trigger polls the job (inline, as a triggerer would)"
                 elif msg.startswith(_PROGRESS) or _EXCEPTION.match(msg):
