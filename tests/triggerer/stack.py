@@ -55,6 +55,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _interrupt_when_orphaned() -> None:
+    """Linux (in the child, before exec): SIGINT this daemon if the test process dies without stopping it
+    (killed by a CI timeout, say), so a run cannot leave Airflow's daemons behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # 1 = PR_SET_PDEATHSIG
+    except Exception:  # best effort: stop() remains the normal way out
+        pass
+
+
 def local_session() -> requests.Session:
     """HTTP for loopback only: never through a proxy from the environment."""
     session = requests.Session()
@@ -98,6 +109,7 @@ class ManagedProcess:
                 stdout=subprocess.PIPE if self.stdout_pipe else log,
                 stderr=log,
                 start_new_session=True,  # own process group: stop() reaches every worker it forks
+                preexec_fn=_interrupt_when_orphaned if sys.platform == "linux" else None,
             )
         return self
 

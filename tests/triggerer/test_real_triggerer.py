@@ -174,11 +174,13 @@ def _report_timings(config: pytest.Config, airflow: AirflowStack, started: float
         f"SIGKILLed {killed or 'none'}, module total {time.monotonic() - started:.0f} s, files in {airflow.root}"
     )
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line("")
         reporter.write_line(line)
-    else:
-        print(line)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
