@@ -4,10 +4,23 @@ One implementation of the policy, two transports: tokens come from the same proc
 hook's (so thousands of triggers of one connection share one token), responses are classified by the same
 :func:`~airflow_provider_sentinel_batch.retry.classify_response`, and waits come from the same
 :class:`~airflow_provider_sentinel_batch.retry.RetryPolicy`. Nothing here blocks the event loop.
+
+Every trigger of one base URL on one event loop shares one connection pool, reference-counted: the first
+``async with`` opens it, the last one out closes it. Measured in ``docs/benchmarks.md``: a private
+``httpx.AsyncClient`` per trigger costs an SSL context (~40 ms of CPU that blocks the loop, ~0.8 MiB) and an
+idle socket each, so 10,000 waiting triggers would need gigabytes and minutes of CPU just to start.
+
+The pool is a stack of single-connection httpx clients ("lanes") behind a semaphore, not one client with
+many sockets: httpcore's pool rescans all of its connections and queued requests on every request, so one
+client with dozens of sockets costs several times more CPU per poll, and a burst of thousands of queued
+polls costs quadratic time. A lane holds one keep-alive socket; the most recently used lane is reused first,
+so a quiet triggerer keeps only the sockets it needs warm.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -25,8 +38,72 @@ from airflow_provider_sentinel_batch.retry import (
     final_error,
 )
 
-# Many waiting triggers keep one connection each; keep the pool small and let idle sockets go.
-_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30.0)
+#: Sockets per base URL and event loop: polls in flight at once. 10,000 triggers polling every minute make
+#: ~170 polls/s; at 100-300 ms per call that is 17-50 busy sockets. More polls wait for a free lane (up to
+#: the request timeout) instead of opening more sockets.
+MAX_CONNECTIONS = 64
+_LANE = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=30.0)
+_MAIN = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0)
+_HEADERS = {"User-Agent": "airflow-provider-sentinel-batch"}
+
+
+class _Pool:
+    """The shared HTTP state of one base URL on one event loop (only touched from that loop's thread)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.ssl_context = httpx.create_ssl_context()  # one for all lanes (each default client loads its own)
+        self.main = self._client(_MAIN)  # ``SentinelBatchAsyncClient.http``: token requests, raw calls
+        self.lanes: list[httpx.AsyncClient] = []
+        self.idle: list[httpx.AsyncClient] = []  # a stack: the warmest socket first
+        self.gate = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.users = 0
+
+    def _client(self, limits: httpx.Limits) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self.timeout, limits=limits, headers=_HEADERS, verify=self.ssl_context
+        )
+
+    async def take(self, timeout: float) -> httpx.AsyncClient:
+        async with asyncio.timeout(timeout):
+            await self.gate.acquire()
+        if self.idle:
+            return self.idle.pop()
+        lane = self._client(_LANE)
+        self.lanes.append(lane)
+        return lane
+
+    def give_back(self, lane: httpx.AsyncClient) -> None:
+        self.idle.append(lane)
+        self.gate.release()
+
+    async def aclose(self) -> None:
+        for client in (self.main, *self.lanes):
+            await client.aclose()
+        self.lanes.clear()
+        self.idle.clear()
+
+
+#: Open pools: event loop -> base URL -> pool.
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pool]] = weakref.WeakKeyDictionary()
+
+
+def _acquire(base_url: str, timeout: float) -> _Pool:
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(base_url)
+    if pool is None or pool.main.is_closed:
+        pool = pools[base_url] = _Pool(timeout)
+    pool.users += 1
+    return pool
+
+
+async def _release(base_url: str, pool: _Pool) -> None:
+    pools = _POOLS.get(asyncio.get_running_loop(), {})
+    pool.users -= 1
+    if pool.users <= 0:
+        if pools.get(base_url) is pool:
+            del pools[base_url]  # before awaiting, so a trigger arriving meanwhile opens a fresh pool
+        await pool.aclose()
 
 
 async def settings_for_conn_id(conn_id: str) -> ConnectionSettings:
@@ -39,7 +116,10 @@ async def settings_for_conn_id(conn_id: str) -> ConnectionSettings:
 
 
 class SentinelBatchAsyncClient:
-    """Async Batch API client for one trigger run; use as ``async with`` so its HTTP client is closed."""
+    """Async Batch API client for one trigger run; use as ``async with`` so the shared pool is released.
+
+    ``transport`` (tests) gives this client a private ``httpx.AsyncClient`` instead of the shared pool.
+    """
 
     def __init__(
         self,
@@ -56,14 +136,18 @@ class SentinelBatchAsyncClient:
         self._sleep = sleep
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
+        self._pool: _Pool | None = None
 
     async def __aenter__(self) -> SentinelBatchAsyncClient:
-        self._http = httpx.AsyncClient(
-            timeout=self.timeout,
-            limits=_LIMITS,
-            transport=self._transport,
-            headers={"User-Agent": "airflow-provider-sentinel-batch"},
-        )
+        if self._http is not None:
+            return self
+        if self._transport is None:
+            self._pool = _acquire(self.settings.base_url, self.timeout)
+            self._http = self._pool.main
+        else:
+            self._http = httpx.AsyncClient(
+                timeout=self.timeout, limits=_MAIN, transport=self._transport, headers=_HEADERS
+            )
         return self
 
     async def __aexit__(
@@ -72,9 +156,11 @@ class SentinelBatchAsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        http, pool, self._http, self._pool = self._http, self._pool, None, None
+        if pool is not None:
+            await _release(self.settings.base_url, pool)
+        elif http is not None:
+            await http.aclose()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -97,10 +183,8 @@ class SentinelBatchAsyncClient:
         for refreshed in (False, True):
             token = await self.get_token()
             try:
-                response = await self.http.request(
-                    method, url, params=params, headers={"Authorization": f"Bearer {token}"}
-                )
-            except httpx.TransportError as exc:
+                response = await self._send(method, url, params, token)
+            except (httpx.TransportError, TimeoutError) as exc:
                 raise connection_error(method, url, exc) from None
             if response.status_code == 401 and not refreshed:
                 TOKEN_CACHE.invalidate(token_key(self.settings), token)
@@ -117,6 +201,17 @@ class SentinelBatchAsyncClient:
             )
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: str, url: str, params: dict[str, Any] | None, token: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        pool = self._pool
+        if pool is None:
+            return await self.http.request(method, url, params=params, headers=headers, timeout=self.timeout)
+        lane = await pool.take(self.timeout)
+        try:
+            return await lane.request(method, url, params=params, headers=headers, timeout=self.timeout)
+        finally:
+            pool.give_back(lane)
 
     async def call(
         self, method: str, url: str, *, params: dict[str, Any] | None = None, request_id: str | None = None
