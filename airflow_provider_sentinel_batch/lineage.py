@@ -122,7 +122,12 @@ def remember_result(op: Any, summary: Mapping[str, Any], request: Mapping[str, A
 
 # ------------------------------------------------------------------------------------------ assets
 def asset_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The asset event's ``extra``: small, JSON-safe, no credentials, no lists of tiles."""
+    """The asset event's ``extra``: small, flat (scalar values only), JSON-safe, no credentials, no lists.
+
+    Flat because Airflow 2.11 hashes the extra of alias events (``frozenset(extra.items())``): a nested dict
+    there makes the task fail after it succeeded. Counts: ``unit`` (``tiles`` | ``features``), ``total``,
+    ``done``, ``failed``, ``pending``.
+    """
     extra: dict[str, Any] = {k: summary[k] for k in _EXTRA_KEYS if summary.get(k) is not None}
     results = summary.get("results") if isinstance(summary.get("results"), Mapping) else None
     location = (results or {}).get("location") or summary.get("location") or summary.get("output_location")
@@ -130,13 +135,21 @@ def asset_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
         extra["location"] = location
     if summary.get("output_location"):
         extra["output_location"] = summary["output_location"]
+    counts: Mapping[str, Any] = {}
     if results and results.get("counts"):
-        key = "tiles" if results.get("source") == "tiles endpoint" else "features"
-        extra[key] = dict(results["counts"])
+        extra["unit"] = "tiles" if results.get("source") == "tiles endpoint" else "features"
+        counts = results["counts"]
         if results.get("execution_db"):
             extra["execution_db"] = results["execution_db"]
-    elif isinstance(summary.get("tiles"), Mapping):
-        extra["tiles"] = dict(summary["tiles"])
+    elif isinstance(summary.get("tiles"), Mapping):  # v1 tile counts by status, no manifest
+        by_status = {str(k): int(v) for k, v in summary["tiles"].items()}
+        done, failed = by_status.get("PROCESSED", 0), by_status.get("FAILED", 0)
+        total = sum(by_status.values())
+        extra["unit"] = "tiles"
+        counts = {"total": total, "done": done, "failed": failed, "pending": total - done - failed}
+    for key in ("total", "done", "failed", "pending"):
+        if isinstance(counts.get(key), int):
+            extra[key] = counts[key]
     return extra
 
 

@@ -4,7 +4,7 @@
 
 Scheduled on the asset ``s3://<bucket>/corsica-ndvi`` (an Airflow Asset on 3.x, a Dataset on 2.11, both through
 the compat layer). The triggering asset event's ``extra`` says which request produced the data and where it is
-(``location`` = ``s3://<bucket>/corsica-ndvi/<requestId>/``), with its status, cost and feature counts: a mosaic,
+(``location`` = ``s3://<bucket>/corsica-ndvi/<requestId>/``), with its status, cost and feature counts (``total``, ``done``, ``failed``): a mosaic,
 zonal-statistics or training task starts from there. ``SENTINEL_BATCH_BUCKET`` must match the producer's.
 """
 
@@ -46,13 +46,14 @@ with DAG(
                     "request_id": extra.get("request_id"),
                     "status": extra.get("status"),
                     "location": extra.get("location"),
-                    "features": extra.get("features"),
+                    "features_done": extra.get("done"),
+                    "features_failed": extra.get("failed"),
                     "cost_pu": extra.get("cost_pu"),
                 }
             )
             print(
                 f"Batch request {extra.get('request_id')} delivered to {extra.get('location')}: "
-                f"{extra.get('features')} (cost {extra.get('cost_pu')} PU)"
+                f"{extra.get('done')} of {extra.get('total')} features (cost {extra.get('cost_pu')} PU)"
             )
         if not deliveries:
             print("Started without an asset event (manual run): nothing to report")

@@ -51,7 +51,8 @@ def test_downstream_dag_runs_after_the_producers_asset_event(dag_runner, env, se
     extra = events[0]["extra"]
     assert extra["request_id"] == request_id and extra["status"] == "DONE" and extra["api_version"] == "v2"
     assert extra["location"] == location
-    assert extra["features"]["done"] == summary["results"]["counts"]["done"] and extra["cost_pu"] > 0
+    assert extra["unit"] == "features" and extra["done"] == summary["results"]["counts"]["done"]
+    assert extra["failed"] == 0 and extra["cost_pu"] > 0
     assert extra["execution_db"] == f"{location}execution-{request_id}.sqlite"
     assert "emulator-bucket-secret" not in repr(extra) and "AKIAEMULATOR" not in repr(extra)
     assert events[0]["source_task_id"] == "wait_for_done"
@@ -72,7 +73,8 @@ def test_downstream_dag_runs_after_the_producers_asset_event(dag_runner, env, se
             "request_id": request_id,
             "status": "DONE",
             "location": location,
-            "features": extra["features"],
+            "features_done": extra["done"],
+            "features_failed": 0,
             "cost_pu": extra["cost_pu"],
         }
     ]
