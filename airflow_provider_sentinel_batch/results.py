@@ -450,7 +450,14 @@ class BucketReader:
     def _fs(self, url: str) -> tuple[Any, str]:
         import fsspec
 
-        return fsspec.core.url_to_fs(self.resolve(url), **self.storage_options)
+        resolved = self.resolve(url)
+        try:
+            return fsspec.core.url_to_fs(resolved, **self.storage_options)
+        except ImportError as exc:  # e.g. s3:// without s3fs
+            raise SentinelBatchConfigError(
+                f"cannot read {resolved}: {exc}. Install the filesystem for it (S3: "
+                "pip install 'airflow-provider-sentinel-batch[s3]'), or set results_url to a mirror of the bucket"
+            ) from None
 
     def exists(self, url: str) -> bool:
         fs, path = self._fs(url)

@@ -342,3 +342,14 @@ def test_lineage_module_is_import_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "NEW []" in out, out
+
+
+def test_reading_s3_without_s3fs_says_what_to_install():
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("s3fs is installed here")
+    with pytest.raises(SentinelBatchConfigError, match=r"airflow-provider-sentinel-batch\[s3\]"):
+        results.BucketReader(None).exists("s3://b/execution-x.sqlite")
