@@ -75,7 +75,9 @@ class EmulatorApp(FastAPI):
             return
         if not is_token:
             headers = dict(scope["headers"])
-            problem = st.tokens.check(headers.get(b"authorization", b"").decode("latin-1") or None)
+            problem = st.tokens.check(
+                headers.get(b"authorization", b"").decode("latin-1") or None, st.config.realm
+            )
             if problem is not None:
                 err = unauthorized(problem)
                 await JSONResponse(err.body(), err.status, headers=err.headers)(scope, receive, counting_send)

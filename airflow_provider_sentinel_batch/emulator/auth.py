@@ -28,6 +28,11 @@ INVALID_CLIENT = {
 }
 
 
+def token_realm(issuer: str) -> str:
+    """The realm of a token's ``iss`` ("main", "CDSE"); the legacy ``/oauth/token`` issues "main" tokens."""
+    return issuer.split("/auth/realms/", 1)[1].split("/", 1)[0] if "/auth/realms/" in issuer else "main"
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -46,7 +51,7 @@ class TokenIssuer:
         self._key = hashlib.sha256(f"{seed}:{client_id}:{client_secret}:emulator".encode()).digest()
         self.generation = 0
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._cache: dict[str, tuple[float, int, str]] = {}
 
     def credentials_ok(self, client_id: str | None, client_secret: str | None) -> bool:
         return (
@@ -86,8 +91,12 @@ class TokenIssuer:
             "scope": "email profile",
         }
 
-    def check(self, authorization: str | None) -> str | None:
-        """``None`` if the header holds a valid, unexpired, unrevoked token; else why not."""
+    def check(self, authorization: str | None, realm: str | None = None) -> str | None:
+        """``None`` if the header holds a valid, unexpired, unrevoked token; else why not.
+
+        With ``realm`` ("main" = Sentinel Hub, "CDSE"), tokens issued by another realm's endpoint are refused,
+        as the real deployments do (``/oauth/token`` is the Sentinel Hub "main" realm).
+        """
         if not authorization:
             return "missing Authorization header"
         scheme, _, token = authorization.partition(" ")
@@ -100,16 +109,22 @@ class TokenIssuer:
             claims = self._decode(token)
             if claims is None:
                 return "invalid token"
-            cached = (float(claims.get("exp_ms", claims.get("exp", 0) * 1000)), int(claims.get("gen", -1)))
+            cached = (
+                float(claims.get("exp_ms", claims.get("exp", 0) * 1000)),
+                int(claims.get("gen", -1)),
+                token_realm(str(claims.get("iss", ""))),
+            )
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
                 self._cache[token] = cached
-        exp_ms, gen = cached
+        exp_ms, gen, issuer_realm = cached
         if gen != self.generation:
             return "token revoked"
         if now_ms >= exp_ms:
             return "token expired"
+        if realm is not None and issuer_realm != realm:
+            return f"token issued by realm {issuer_realm!r}, this deployment accepts realm {realm!r}"
         return None
 
     def _decode(self, token: str) -> dict[str, Any] | None:

@@ -122,6 +122,9 @@ class EmulatorConfig:
     """Binding to a non-loopback address exposes fixed, public credentials: refuse unless asked."""
     pu_budget: float | None = None
     """Processing units left on the emulated account (v2 ``OUT_OF_PU``); ``None`` = unlimited."""
+    realm: str | None = None
+    """Identity realm whose tokens the API accepts (``"main"`` = Sentinel Hub, ``"CDSE"``); ``None`` accepts
+    tokens from every token endpoint. Set it to emulate a wrong-deployment connection (CDSE token, SH API)."""
     state_file: str | Path | None = None
     """JSON file to load jobs from at start and save them to on changes and at stop."""
     log_level: str = "warning"
@@ -138,6 +141,8 @@ class EmulatorConfig:
             raise ValueError("client_id and client_secret must not be empty")
         if self.pu_budget is not None and self.pu_budget < 0:
             raise ValueError("pu_budget must not be negative")
+        if self.realm not in (None, "main", "CDSE"):
+            raise ValueError(f"realm must be 'main', 'CDSE' or None, got {self.realm!r}")
         self.faults.validate()
         if not self.allow_remote_bind and not is_loopback_host(self.host):
             raise ValueError(
