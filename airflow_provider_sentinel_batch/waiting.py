@@ -136,26 +136,53 @@ def next_delay(
     analysis_poll_interval: float,
     progress: list[tuple[float, float]] | None = None,
     max_poll_interval: float | None = None,
+    now: float | None = None,
+    elapsed: float | None = None,
 ) -> float:
     """Seconds until the next look.
 
-    Fast while CREATED/ANALYSING (analysis takes seconds to minutes), ``poll_interval`` while PROCESSING; with
-    two or more ``(time, completionPercentage)`` samples the wait stretches towards the predicted finish
-    (never beyond ``max_poll_interval``) and comes back to ``poll_interval`` near it, so long jobs cost fewer
-    calls and completion is not seen later.
+    * CREATED/ANALYSING/ANALYSIS_DONE: ``analysis_poll_interval`` (analysis takes seconds to minutes). With
+      ``elapsed`` (seconds since the wait began; pass it when waiting for ``DONE``, where the analysis is
+      only the preamble) the interval grows with the time already waited, up to ``poll_interval``.
+    * PROCESSING: ``poll_interval`` until the rate of ``completionPercentage`` is known. ``progress`` holds
+      ``(time, percentage)`` samples: either the first and the latest change as two points, or four
+      samples, the looks just before and at the first change and just before and at the latest change
+      (each change is then placed in the middle of its gap, and the start-up time before the first tile
+      finished does not dilute the rate). The wait stretches to shortly before the earliest plausible
+      finish (never beyond ``max_poll_interval``, default ``10 * poll_interval``), then looks at least every
+      ``poll_interval``, once aimed just after the predicted end. ``now`` counts the time already spent since
+      the latest change. A job later than predicted is looked at every ``poll_interval`` (as a fixed-interval
+      poller would), one at 100 % (final status pending) every ``analysis_poll_interval``. Measured in
+      ``docs/benchmarks.md`` (polls per job).
     """
     if status in ("CREATED", "ANALYSING", "ANALYSIS_DONE", None):
-        return analysis_poll_interval
+        if elapsed is None:
+            return analysis_poll_interval
+        return min(max(analysis_poll_interval, elapsed), max(poll_interval, analysis_poll_interval))
     limit = max_poll_interval if max_poll_interval is not None else poll_interval * 10
     if not progress or len(progress) < 2:
         return poll_interval
-    (t0, p0), (t1, p1) = progress[0], progress[-1]
-    if t1 <= t0 or p1 <= p0:
+    if len(progress) >= 4:
+        (a0, _), (b0, p0), (a1, before), (b1, p1) = progress[0], progress[1], progress[-2], progress[-1]
+        first, latest, uncertainty, jump = (a0 + b0) / 2, (a1 + b1) / 2, (b1 - a1) / 2, p1 - before
+    else:
+        (first, p0), (latest, p1), uncertainty, jump = progress[0], progress[-1], 0.0, 0.0
+    if latest <= first or p1 <= p0:
         return poll_interval
-    rate = (p1 - p0) / (t1 - t0)
-    remaining = (100.0 - p1) / rate
-    if remaining <= 2 * poll_interval:
-        # close to the finish: look a little after the predicted end, and no later than usual
-        return max(min(poll_interval, remaining + 0.05 * poll_interval), analysis_poll_interval)
-    # far from it: sleep most of the way there (a rate that changes is re-measured at the next look)
-    return min(limit, max(poll_interval, 0.75 * remaining - poll_interval))
+    if p1 >= 100.0:
+        return analysis_poll_interval  # every tile is done; the final status follows within seconds
+    if 100.0 - p1 <= 2 * jump:
+        # what is left is about what moved in the last gap: the end cannot be timed more finely than that
+        return poll_interval
+    rate = (p1 - p0) / (latest - first)
+    if jump > 0 and uncertainty > 0:
+        rate = max(rate, jump / (2 * uncertainty))  # speeding up (the last tiles): trust the recent rate
+    remaining = (100.0 - p1) / rate - (max(0.0, now - latest) if now is not None else 0.0)
+    if remaining <= 0:
+        return poll_interval  # later than predicted: look as often as a fixed-interval poller would
+    earliest = 0.9 * remaining - uncertainty  # the rate may be off, and the change time is not exact
+    if earliest > 2 * poll_interval:
+        # far from the finish: sleep until shortly before it could be over (re-measured at every look)
+        return min(limit, max(poll_interval, earliest - poll_interval))
+    # close to the finish: look a little after the predicted end, and no later than usual
+    return max(min(poll_interval, remaining + 0.05 * poll_interval), analysis_poll_interval)

@@ -143,7 +143,10 @@ class SentinelBatchTrigger(BaseTrigger):
             RECENT_REQUESTS.note(self.request_id, self.created_at)
         failures = 0
         last_status: str | None = None
+        # (time, completionPercentage) of the looks just before and at the first and the latest change
         progress: list[tuple[float, float]] = []
+        last_sample: tuple[float, float] | None = None
+        started = time.time()
         async with self._client(settings) as client:
             while True:
                 if self.deadline is not None and time.time() >= self.deadline:
@@ -169,10 +172,14 @@ class SentinelBatchTrigger(BaseTrigger):
                     )
                     last_status = status
                     progress.clear()
+                    last_sample = None
                 pct = request.get("completionPercentage")
                 if status == "PROCESSING" and isinstance(pct, int | float):
-                    progress.append((time.time(), float(pct)))
-                    del progress[1:-1]  # keep the first and the latest sample
+                    sample = (time.time(), float(pct))
+                    if last_sample is not None and sample[1] != last_sample[1]:
+                        del progress[2:]  # keep the first change, replace the latest one
+                        progress += [last_sample, sample]  # it changed between these two looks
+                    last_sample = sample
                 stale = (
                     self.stale_status is not None
                     and status == self.stale_status
@@ -191,18 +198,21 @@ class SentinelBatchTrigger(BaseTrigger):
                     if self.api_version == "v1" and status in ("DONE", "PARTIAL", "FAILED"):
                         event["summary"]["tiles"] = await self._tiles(client)
                     return event
-                delay = self._delay(status, progress)
+                delay = self._delay(status, progress, started)
                 await asyncio.sleep(self._bounded(delay))
 
-    def _delay(self, status: str | None, progress: list[tuple[float, float]]) -> float:
+    def _delay(self, status: str | None, progress: list[tuple[float, float]], started: float) -> float:
         if not self.adaptive:
             return self.analysis_poll_interval if status in _ANALYSIS_STATES else self.poll_interval
+        now = time.time()
         return next_delay(
             status,
             poll_interval=self.poll_interval,
             analysis_poll_interval=self.analysis_poll_interval,
-            progress=progress,
+            progress=progress if len(progress) >= 4 else None,  # a rate needs two changes
             max_poll_interval=self.max_poll_interval,
+            now=now,
+            elapsed=now - started if self.wait_for == "DONE" else None,  # analysis: only a preamble
         )
 
     def _bounded(self, delay: float) -> float:

@@ -86,3 +86,26 @@ def test_adaptive_sleeps_towards_the_predicted_finish():
         next_delay("PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=[(0, 5.0), (60, 5.0)])
         == 60
     )
+
+
+def test_analysis_backs_off_with_the_time_waited_when_waiting_for_done():
+    kw = {"poll_interval": 60, "analysis_poll_interval": 10}
+    assert next_delay("ANALYSING", **kw, elapsed=0) == 10
+    assert next_delay("ANALYSING", **kw, elapsed=25) == 25
+    assert next_delay("ANALYSIS_DONE", **kw, elapsed=600) == 60
+
+
+def test_four_samples_time_the_finish_from_the_changes():
+    kw = {"poll_interval": 60, "analysis_poll_interval": 10}
+    # looks before/at the first change (0 -> 10 %) and before/at the latest (50 -> 60 %): 50 % in 940 s
+    progress = [(1000.0, 0.0), (1060.0, 10.0), (1940.0, 50.0), (2000.0, 60.0)]
+    far = next_delay("PROCESSING", **kw, progress=progress, now=2000.0)
+    assert 60 < far <= 600  # ~750 s left: sleep most of it, never past the default cap
+    # later than predicted: back to the plain interval, as a fixed poller
+    assert next_delay("PROCESSING", **kw, progress=progress, now=4000.0) == 60
+    # what is left is no more than twice the last jump: plain interval until it ends
+    near_end = [(1000.0, 0.0), (1060.0, 10.0), (1940.0, 50.0), (2000.0, 80.0)]
+    assert next_delay("PROCESSING", **kw, progress=near_end, now=2000.0) == 60
+    # every tile done, final status pending: look again soon
+    done = [(1000.0, 0.0), (1060.0, 10.0), (1940.0, 90.0), (2000.0, 100.0)]
+    assert next_delay("PROCESSING", **kw, progress=done, now=2000.0) == 10
