@@ -8,6 +8,7 @@ does not offer, Zarr on a UTM grid. Grid id ``0`` is a real grid (the Corsica on
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchValidationError
@@ -84,6 +85,39 @@ def _bounds_problems(process_request: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _time_range_problems(item: Mapping[str, Any], where: str) -> list[str]:
+    """``from`` and ``to`` are ISO 8601 date-times and ``from`` comes first (often templated, so often wrong)."""
+    data_filter = item.get("dataFilter")
+    time_range = data_filter.get("timeRange") if isinstance(data_filter, Mapping) else None
+    if time_range is None:
+        return []
+    if not isinstance(time_range, Mapping):
+        return [f"{where} must be {{'from': <ISO 8601 date-time>, 'to': <ISO 8601 date-time>}}"]
+    problems: list[str] = []
+    parsed: dict[str, datetime] = {}
+    for key in ("from", "to"):
+        value = time_range.get(key)
+        if value is None:
+            problems.append(f"{where}.{key} is missing")
+            continue
+        try:
+            parsed[key] = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            hint = " (an unrendered template?)" if "{{" in str(value) or "{%" in str(value) else ""
+            problems.append(
+                f"{where}.{key} {value!r} is not an ISO 8601 date-time (e.g. '2019-04-01T00:00:00Z'){hint}"
+            )
+    if len(parsed) == 2:
+        start, end = parsed["from"], parsed["to"]
+        if (start.tzinfo is None) != (end.tzinfo is None):
+            problems.append(
+                f"{where}: 'from' and 'to' must both have a time zone (e.g. 'Z') or both lack one"
+            )
+        elif start >= end:
+            problems.append(f"{where}.from {time_range['from']!r} is not before to {time_range['to']!r}")
+    return problems
+
+
 def _process_request_problems(payload: Mapping[str, Any]) -> list[str]:
     process_request = payload.get("processRequest")
     if not isinstance(process_request, Mapping):
@@ -96,6 +130,8 @@ def _process_request_problems(payload: Mapping[str, Any]) -> list[str]:
         for i, item in enumerate(data):
             if not isinstance(item, Mapping) or not item.get("type"):
                 problems.append(f"processRequest.input.data[{i}].type is missing (e.g. 'sentinel-2-l2a')")
+            if isinstance(item, Mapping):
+                problems += _time_range_problems(item, f"processRequest.input.data[{i}].dataFilter.timeRange")
     evalscript = process_request.get("evalscript")
     if not isinstance(evalscript, str) or not evalscript.strip():
         problems.append("processRequest.evalscript is missing or empty")
