@@ -3,8 +3,9 @@
 Cheap (one GET per look, status-aware and progress-adaptive intervals, one shared token), robust (429/5xx/
 network errors retried with the shared policy and then tolerated for a bounded number of looks, 404 grace
 after create, token refresh on 401), and safe: it never raises out of ``run()`` — every outcome is an event
-the task resumes with — and it only stops/cancels the remote job for a deadline, a cost guard, or a user's
-kill (``on_kill``, Airflow 3.3+), never because the triggerer restarted.
+the task resumes with — and it only stops/cancels the remote job for a deadline, a cost guard, or a user
+marking the deferred task failed (``on_kill``, Airflow 3.3+), never because the triggerer restarted or a user
+marked the task success or cleared it.
 """
 
 from __future__ import annotations
@@ -199,6 +200,9 @@ class SentinelBatchTrigger(BaseTrigger):
                         event["summary"]["tiles"] = await self._tiles(client)
                     return event
                 delay = self._delay(status, progress, started)
+                # Sleep holding only what the next look needs: with thousands of waiting triggers, every
+                # response kept across the sleep is a few dozen more objects for each full GC to walk.
+                del request, verdict
                 await asyncio.sleep(self._bounded(delay))
 
     def _delay(self, status: str | None, progress: list[tuple[float, float]], started: float) -> float:
@@ -250,14 +254,98 @@ class SentinelBatchTrigger(BaseTrigger):
         return self._event(TIMEOUT, message)
 
     async def on_kill(self) -> None:
-        """Airflow 3.3+: called only when a user kills/marks the task, never on triggerer restarts."""
+        """Airflow 3.3+: the triggerer dropped this trigger on a user's action. Stop the job only if it failed.
+
+        The framework calls this when a user marks the deferred task failed, but also when they mark it success,
+        skip it or clear it (and when the trigger is handed to another triggerer). Only a *failed* task means
+        "stop the work": a success or skip keeps the job the user accepted, and a clear starts a new try that
+        re-attaches to this same job. So the task instance's current state decides; if it cannot be read, the
+        documented behaviour stands (a user acted: stop). Bounded by ``[triggerer] on_kill_timeout``; never raises.
+        """
         if not self.cancel_on_kill:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _on_kill_budget()
+        try:
+            state = await asyncio.wait_for(
+                self._task_state(), timeout=min(_STATE_LOOKUP_TIMEOUT, deadline - loop.time())
+            )
+        except Exception as exc:
+            self.log.warning(
+                "Could not read the state of the task waiting on batch request %s (%s); stopping the job, "
+                "as a user acted on the task",
+                self.request_id,
+                _describe_error(exc),
+            )
+            why = "the task was killed"
+        else:
+            if state not in _KILL_STATES:
+                self.log.info(
+                    "The trigger was removed but the task is %s (marked success or skipped, cleared, or moved "
+                    "to another triggerer), not failed: leaving batch request %s running",
+                    state or "cleared (no state)",
+                    self.request_id,
+                )
+                return
+            why = f"the task was marked {state}"
         from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
 
         try:
-            settings = await settings_for_conn_id(self.conn_id)
-            async with self._client(settings) as client:
-                await self._stop(client, "the task was killed")
+            async with asyncio.timeout_at(deadline):
+                settings = await settings_for_conn_id(self.conn_id)
+                async with self._client(settings) as client:
+                    await self._stop(client, why)
         except Exception as exc:
-            self.log.warning("Best-effort stop of %s on kill failed: %s", self.request_id, exc)
+            self.log.warning(
+                "Best-effort stop of %s on kill failed: %s", self.request_id, _describe_error(exc)
+            )
+
+    async def _task_state(self) -> str | None:
+        """The current state of this trigger's task instance (Airflow 3: through the triggerer's supervisor).
+
+        Raises when it cannot be known: no task instance, no Task SDK (Airflow 2), or the lookup failed.
+        """
+        ti = self.task_instance
+        if ti is None:
+            raise LookupError("the trigger has no task instance")
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+        from asgiref.sync import sync_to_async
+
+        dag_id, task_id, run_id = ti.dag_id, ti.task_id, ti.run_id
+        map_index = getattr(ti, "map_index", -1)
+        map_index = -1 if map_index is None else int(map_index)
+        # a blocking call to the supervisor: in a worker thread, not on the event loop (nor on asgiref's one
+        # shared thread, where it would queue behind other triggers' calls when many tasks are marked at once)
+        states = await sync_to_async(RuntimeTaskInstance.get_task_states, thread_sensitive=False)(
+            dag_id=dag_id, task_ids=[task_id], run_ids=[run_id], map_index=map_index
+        )
+        # {run_id: {task_id: state}}; a mapped task instance is keyed "<task_id>_<map_index>"
+        key = task_id if map_index < 0 else f"{task_id}_{map_index}"
+        try:
+            state = states[run_id][key]
+        except (KeyError, TypeError):
+            raise LookupError(f"no task instance {dag_id}/{run_id}/{key} in {states!r}") from None
+        return None if state is None else str(getattr(state, "value", state))
+
+
+#: Task-instance states in which a user's action means "stop the work" (the task, or its whole run, marked
+#: failed). Anything else (success, skipped, cleared: None/scheduled/queued/running/deferred/up_for_retry/
+#: restarting, or still deferred after a move to another triggerer) leaves the job running.
+_KILL_STATES = frozenset({"failed"})
+#: The state lookup's share of the on_kill time: if it takes longer, stop the job (the documented behaviour).
+_STATE_LOOKUP_TIMEOUT = 10.0
+
+
+def _on_kill_budget() -> float:
+    """A little less than ``[triggerer] on_kill_timeout`` (30 s), so a slow stop is logged here, not cut off."""
+    try:
+        from airflow.configuration import conf
+
+        timeout = float(conf.getint("triggerer", "on_kill_timeout", fallback=30))
+    except Exception:
+        timeout = 30.0
+    return max(1.0, timeout * 0.9)
+
+
+def _describe_error(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # TimeoutError has no message
