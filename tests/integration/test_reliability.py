@@ -48,9 +48,10 @@ BUCKET_CONN = json.dumps(
 UNKNOWN_ID = "0b9c3b4e-7f2a-4c1d-9e8f-5a6b7c8d9e0f"
 
 # Upper bounds for the API calls of a fault-free Corsica run per emulator speed (create, list, grids, analyse,
-# start, tiles, and status polls every 0.1-0.2 s while the job runs: measured 20/29 for v1 and 14/16 for v2 at
-# time_scale 200/100, plus ~50 % headroom). A fault row may add one call per injected fault and no more.
-CLEAN_CALLS = {("v1", 200): 30, ("v1", 100): 42, ("v2", 200): 22, ("v2", 100): 26}
+# start, tiles, and status polls every 0.1-0.2 s while the job runs: measured 16-20 / 29-31 for v1 and 14-16 /
+# 16-22 for v2 at time_scale 200 / 100, plus headroom for the polling policy and slow machines). A fault row may
+# add one call per injected fault and no more.
+CLEAN_CALLS = {("v1", 200): 35, ("v1", 100): 45, ("v2", 200): 28, ("v2", 100): 34}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -418,7 +419,7 @@ def test_triggerer_restart_mid_wait(dag_runner, sentinel_batch_emulator, version
     assert restarts == ["airflow_provider_sentinel_batch.triggers.batch.SentinelBatchTrigger"], (
         result.describe()
     )
-    assert_recovered(result, stats, version)
+    assert_recovered(result, stats, version, extra_calls=1)  # the rebuilt trigger looks once more at once
     assert not any(route.endswith(("/stop", "/cancel")) for route in stats["calls"])  # restart ≠ kill
 
 
@@ -557,7 +558,7 @@ def test_job_failed_during_analysis(dag_runner, sentinel_batch_emulator, version
         f"Batch request {rid} ended FAILED: Analysis failed: no data could be found for the request "
         "(emulated failure)."
     )
-    assert_failed_clearly(result, "wait_for_analysis", message, server.stats(), max_calls=15)
+    assert_failed_clearly(result, "wait_for_analysis", message, server.stats(), max_calls=20)
     assert server.state.job_status(rid) == "FAILED"
     assert not any(route.endswith("/start") for route in server.stats()["calls"])  # never started, never paid
 
@@ -571,7 +572,7 @@ def test_v1_partial_fails_per_default_policy(dag_runner, sentinel_batch_emulator
     assert failed
     shown = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")
     message = f"Batch request {rid} ended PARTIAL: some tiles failed. {len(failed)} failed tiles: {shown}"
-    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=30)
+    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=40)
     assert server.state.job_status(rid) == "PARTIAL"  # left for a restartpartial, not cancelled
 
 
@@ -622,7 +623,7 @@ def test_v2_failed_features_fail_per_policy(dag_runner, sentinel_batch_emulator,
         f"Batch request {rid}: {len(failed)} of {len(tiles)} features failed, over max_failed_features=0. "
         f"Failed: {shown}{more}"
     )
-    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=22)
+    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=32)
 
 
 @pytest.mark.sentinel_batch_emulator(time_scale=100)
@@ -634,7 +635,7 @@ def test_v2_stopped_out_of_pu(dag_runner, sentinel_batch_emulator):
     assert fired.is_set()
     rid = request_id(result)
     message = f"Batch request {rid} ended STOPPED (stoppedStatusReason OUT_OF_PU)"
-    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=22)
+    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=32)
     assert server.state.job_status(rid) == "STOPPED"
 
 
@@ -648,7 +649,7 @@ def test_v1_cost_guard_refuses_to_start(dag_runner, sentinel_batch_emulator):
         f"Not starting batch request {rid}: valueEstimate {estimate:g} PU means about {estimate / 3:.1f} PU "
         "charged (estimate / 3), over max_cost_pu=1."
     )
-    assert_failed_clearly(result, "start", message, server.stats(), max_calls=20)
+    assert_failed_clearly(result, "start", message, server.stats(), max_calls=28)
     assert "POST /api/v1/batch/process/{id}/start" not in server.stats()["calls"]
     assert server.state.job_status(rid) == "CANCELED"  # the cancel-on-failure task released the reservation
 
@@ -661,7 +662,7 @@ def test_v2_cost_guard_stops_the_job(dag_runner, sentinel_batch_emulator):
     pattern = re.compile(
         rf"Batch request {rid} has cost (?P<cost>[0-9.]+) PU, over max_cost_pu=1(; the job was asked to stop)?"
     )
-    text = assert_failed_clearly(result, "wait_for_done", pattern, server.stats(), max_calls=35)
+    text = assert_failed_clearly(result, "wait_for_done", pattern, server.stats(), max_calls=42)
     assert float(pattern.match(text)["cost"]) > 1
     assert server.state.job_status(rid) == "STOPPED"
     assert server.state.get_view(2, rid).get("stoppedStatusReason") == "USER_ACTION"
@@ -678,5 +679,5 @@ def test_deadline_passed_stops_the_job(dag_runner, sentinel_batch_emulator, vers
     rid = request_id(result)
     action = "cancel" if version == "v1" else "stop"
     message = f"Batch request {rid} did not reach DONE before the deadline; the job was asked to {action}"
-    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=45)
+    assert_failed_clearly(result, "wait_for_done", message, server.stats(), max_calls=55)
     assert server.state.job_status(rid) == ("CANCELED" if version == "v1" else "STOPPED")
