@@ -3,7 +3,7 @@
 N pollers in one event loop poll their own emulator job every ``interval`` seconds for ``rounds + 1`` polls
 (start times spread over the first interval, as triggers arrive), with a pre-fetched token, through:
 
-* ``httpx shared client`` — one ``httpx.AsyncClient`` (64 connections) for all pollers;
+* ``httpx shared client`` — one ``httpx.AsyncClient`` (64 connections, 60 s timeouts) for all pollers;
 * ``httpx lanes (ours)`` — the provider's pool (``hooks/async_client._Pool``): single-connection httpx
   clients behind a semaphore;
 * ``aiohttp shared session`` — one ``aiohttp.ClientSession`` (``TCPConnector(limit=64)``).
@@ -86,7 +86,8 @@ async def _run(n: int, interval: float, rounds: int, urls: list[str], poll: Poll
 
 async def httpx_shared(n: int, interval: float, rounds: int, urls: list[str], token: str) -> Any:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, headers={"Authorization": f"Bearer {token}"}) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=60.0) as client:
 
         async def poll(url: str) -> Any:
             response = await client.get(url)
@@ -120,7 +121,8 @@ async def httpx_lanes(n: int, interval: float, rounds: int, urls: list[str], tok
 async def aiohttp_shared(n: int, interval: float, rounds: int, urls: list[str], token: str) -> Any:
     connector = aiohttp.TCPConnector(limit=64)
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    timeout = aiohttp.ClientTimeout(total=60.0)
+    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
 
         async def poll(url: str) -> Any:
             async with session.get(url) as response:

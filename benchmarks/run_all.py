@@ -51,57 +51,68 @@ def _py(script: str, *args: str, python: str | None = None) -> list[str]:
     return [python or sys.executable, str(HERE / script), *args]
 
 
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _guarded(results: dict[str, Any], key: str, run: Any) -> None:
+    """One part failing (a timeout on a loaded machine, say) must not lose the others: record it."""
+    try:
+        run()
+    except Exception as exc:
+        log(f"  {key} FAILED: {str(exc)[-2000:]}")
+        results.setdefault("errors", []).append(f"{key}: {str(exc)[-500:]}")
+
+
 def run_parts(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     only = set(args.only.split(",")) if args.only else set(PARTS)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    def with_emulator(key: str, cmd: list[str], timeout: float = 900.0) -> Any:
+        with emulator() as emu:
+            return run_child(cmd, env=emu.env(), timeout=timeout)
 
     if "emulator" in only:
         log("5. emulator throughput")
-        with emulator() as emu:
-            results["emulator"] = run_child(
-                _py("bench_emulator.py", "--duration", "3" if args.quick else "5"), env=emu.env()
-            )
+        cmd = _py("bench_emulator.py", "--duration", "3" if args.quick else "5")
+        _guarded(results, "emulator", lambda: results.update(emulator=with_emulator("emulator", cmd)))
     if "hook" in only:
         log("4. hook overhead")
-        with emulator() as emu:
-            results["hook"] = run_child(
-                _py("bench_hook.py", "--blocks", "6" if args.quick else "10"), env=emu.env()
-            )
+        cmd = _py("bench_hook.py", "--blocks", "6" if args.quick else "10")
+        _guarded(results, "hook", lambda: results.update(hook=with_emulator("hook", cmd)))
     if "http" in only:
         log("issue 5: httpx vs aiohttp")
         if Path(args.python2).exists():
-            with emulator() as emu:
-                sizes = ["100"] if args.quick else ["100", "1000"]
-                results["http"] = run_child(
-                    _py("bench_http_clients.py", "--n", *sizes, python=args.python2), env=emu.env()
-                )
+            sizes = ["100"] if args.quick else ["100", "1000"]
+            cmd = _py("bench_http_clients.py", "--n", *sizes, python=args.python2)
+            _guarded(results, "http", lambda: results.update(http=with_emulator("http", cmd)))
         else:
             log(f"  skipped: {args.python2} not found")
     if "scale" in only:
         results["scale"] = []
         for variant, n, interval, rounds, extra in SCALE_QUICK if args.quick else SCALE_FULL:
             log(f"1. triggerer scale: {variant} N={n} interval={interval}s rounds={rounds} {' '.join(extra)}")
-            with emulator() as emu:
-                cmd = _py(
-                    "bench_triggerer.py",
-                    *("--variant", variant, "--n", str(n), "--interval", str(interval)),
-                    *("--rounds", str(rounds), *extra),
-                )
-                results["scale"].append(run_child(cmd, env=emu.env(), timeout=1200))
+            cmd = _py(
+                "bench_triggerer.py",
+                *("--variant", variant, "--n", str(n), "--interval", str(interval)),
+                *("--rounds", str(rounds), *extra),
+            )
+            _guarded(
+                results,
+                f"scale {variant} {n}",
+                lambda cmd=cmd: results["scale"].append(with_emulator("scale", cmd, 1200)),
+            )
     if "polls" in only:
         log("2. polls per job")
-        results["polls"] = run_child(_py("bench_polls.py", "--jobs", "15" if args.quick else "40"))
+        cmd = _py("bench_polls.py", "--jobs", "15" if args.quick else "40")
+        _guarded(results, "polls", lambda: results.update(polls=run_child(cmd)))
     if "parse" in only:
         results["parse"] = []
         for python in (sys.executable, args.python2):
             if Path(python).exists():
                 log(f"3. DAG parse cost ({python})")
-                results["parse"].append(
-                    run_child(_py("bench_parse.py", "--python", python, "--runs", "3" if args.quick else "5"))
-                )
+                cmd = _py("bench_parse.py", "--python", python, "--runs", "3" if args.quick else "5")
+                _guarded(results, f"parse {python}", lambda cmd=cmd: results["parse"].append(run_child(cmd)))
     return results
 
 
@@ -409,6 +420,8 @@ def render(data: dict[str, Any]) -> str:
             f"{c['httpx']['rss_kib']:.0f} KiB; aiohttp.ClientSession {c['aiohttp']['cpu_ms']:.2f} ms, "
             f"{c['aiohttp']['rss_kib']:.0f} KiB."
         )
+    for error in data.get("errors", []):
+        out.append(f"\n**Failed in this run:** {error}")
     return "\n".join(out) + "\n"
 
 
