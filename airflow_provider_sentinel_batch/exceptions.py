@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class SentinelBatchError(AirflowException):
@@ -92,8 +92,11 @@ class SentinelBatchNotFoundError(SentinelBatchAPIError):
         )
 
 
-class SentinelBatchJobError(SentinelBatchError):
-    """A batch job ended in a state the task does not accept (FAILED, CANCELED, STOPPED, PARTIAL, ...)."""
+class SentinelBatchJobError(SentinelBatchError, AirflowFailException):
+    """A batch job ended in a state the task does not accept (FAILED, CANCELED, STOPPED, PARTIAL, ...).
+
+    A final outcome: the task fails without retrying (a retry of the wait cannot change it).
+    """
 
     def __init__(self, message: str, *, request_id: str | None = None, status: str | None = None) -> None:
         super().__init__(message)

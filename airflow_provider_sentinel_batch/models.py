@@ -53,20 +53,20 @@ def output_location(api_version: str, payload: dict[str, Any], request_id: str |
     """Where the service writes results (``s3://...``), from a create payload or a request object.
 
     For v1 the default layout is ``s3://<bucket>/<requestId>/<tileName>/...``, so with a known id the location
-    is that request's folder; a ``defaultTilePath`` template is cut at its first per-tile placeholder.
+    is that request's folder; a path template (v1 ``defaultTilePath``, v2 delivery URL) gets ``<requestId>``
+    filled in and is cut at its first per-tile placeholder.
     """
     request_id = request_id or payload.get("id")
     payload = request_payload(api_version, payload) if "request" in payload else payload
     if api_version == "v2":
         output = payload.get("output") or {}
-        url = (((output.get("delivery") or {}).get("s3")) or {}).get("url")
-        return str(url) if url else None
-    if payload.get("bucketName"):
+        template = (((output.get("delivery") or {}).get("s3")) or {}).get("url")
+    elif payload.get("bucketName"):
         suffix = f"/{request_id}/" if request_id else ""
         return f"s3://{payload['bucketName']}{suffix}"
-    template = (payload.get("output") or {}).get("defaultTilePath") or (payload.get("zarrOutput") or {}).get(
-        "path"
-    )
+    else:
+        output = payload.get("output") or {}
+        template = output.get("defaultTilePath") or (payload.get("zarrOutput") or {}).get("path")
     if not template:
         return None
     template = str(template)

@@ -46,16 +46,6 @@ FAILED_FEATURE = frozenset({"FAILED", "FATAL"})
 DONE_TILE = "PROCESSED"
 FAILED_TILE = "FAILED"
 
-OPTION_NAMES = (
-    "result_manifest",
-    "results_url",
-    "results_conn_id",
-    "results_storage_options",
-    "max_failed_features",
-    "max_failed_fraction",
-    "manifest_limit",
-)
-
 
 # ------------------------------------------------------------------------------------------------ options
 @dataclass(frozen=True)
@@ -131,11 +121,6 @@ class ResultOptions:
     def strict(self) -> bool:
         """A manifest that cannot be read fails the task (it was asked for explicitly, or thresholds need it)."""
         return self.result_manifest is True or self.has_thresholds
-
-
-def pop_options(kwargs: dict[str, Any]) -> ResultOptions:
-    """Take the result-manifest keyword arguments out of an operator's ``kwargs`` (same names everywhere)."""
-    return ResultOptions(**{name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs})
 
 
 # ------------------------------------------------------------------------------------------ path templates

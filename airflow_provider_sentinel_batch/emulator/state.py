@@ -155,7 +155,11 @@ class OutputWriter:
                 else:
                     upcoming = min(upcoming, tile.end_at)
             job.output_check_at = upcoming
-        elif job.status in {"DONE", "PARTIAL"} and "zarr" not in job.extra_outputs_written:
+        elif (
+            job.output_kind == "zarr"
+            and job.status in {"DONE", "PARTIAL"}
+            and "zarr" not in job.extra_outputs_written
+        ):
             out.write_zarr_group(self._root(job), [r[0] for r in job.responses])
             job.extra_outputs_written.append("zarr")
         if job.api == 2 and job.analysed:

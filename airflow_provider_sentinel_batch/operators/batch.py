@@ -30,6 +30,7 @@ from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchAPIError,
     SentinelBatchConfigError,
     SentinelBatchCostExceededError,
+    SentinelBatchError,
     SentinelBatchJobError,
 )
 from airflow_provider_sentinel_batch.models import (
@@ -41,6 +42,7 @@ from airflow_provider_sentinel_batch.models import (
 )
 from airflow_provider_sentinel_batch.waiting import (
     COST_EXCEEDED,
+    ERROR,
     PARTIAL,
     SUCCESS,
     TIMEOUT,
@@ -121,36 +123,41 @@ class SentinelBatchBaseOperator(BaseOperator):
         return self.hook.api_version
 
     def _push_links(self, context: Context, request_id: str, request: dict[str, Any] | None = None) -> None:
-        ti = context["ti"]
-        ti.xcom_push(key="request_id", value=request_id)
-        location = output_location(self.version, request or {}, request_id) if request else None
-        ti.xcom_push(
-            key=LINKS_KEY, value={"dashboard": self.hook.dashboard_url(request_id), "output": location}
-        )
-        lineage.remember_request(self, request_id, request)  # credential-free facts for OpenLineage
+        push_links(self, context, request_id, request)
 
 
-class _WaitsForBatch:
+def push_links(op: Any, context: Context, request_id: str, request: dict[str, Any] | None = None) -> None:
+    """Request id and link targets to XCom at once, so links work while deferred and a retry finds the job."""
+    ti = context["ti"]
+    ti.xcom_push(key="request_id", value=request_id)
+    location = output_location(op.version, request or {}, request_id) if request else None
+    ti.xcom_push(key=LINKS_KEY, value={"dashboard": op.hook.dashboard_url(request_id), "output": location})
+    lineage.remember_request(op, request_id, request)  # credential-free facts for OpenLineage
+
+
+class _WaitsForBatch(BaseOperator):
     """Wait-for-status behaviour shared by the sensor and the operators' ``wait_for_completion``.
 
     Checks once on the worker; if not done, defers to :class:`SentinelBatchTrigger` (or polls on the worker
-    when ``deferrable=False``). Outcomes come back through :meth:`execute_complete` in both modes.
+    when ``deferrable=False``). Outcomes come back through :meth:`execute_complete` in both modes. The
+    parameters are explicit keyword-only arguments (not ``**kwargs``) so ``.partial()``/``.expand()`` accept them.
+
+    :param deferrable: wait on the triggerer (default: ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status checks while PROCESSING (longer when progress allows).
+    :param analysis_poll_interval: seconds between checks while CREATED/ANALYSING.
+    :param max_poll_interval: cap of the adaptive interval (default 10x ``poll_interval``).
+    :param wait_timeout: wall-clock seconds to wait before giving up (enforced in the trigger).
+    :param cancel_on_timeout: stop/cancel the job when the wait times out.
+    :param cancel_on_kill: stop/cancel the job when a user kills the task.
+    :param max_cost_pu: cost guard (v1: refuse START over ``valueEstimate / 3``; v2: STOP when ``costPU`` passes).
+    :param partial_policy: v1 PARTIAL: ``fail``, ``succeed_with_warning`` or ``restart``.
+    :param max_partial_restarts: how many ``restartpartial`` rounds ``restart`` may do.
+    :param created_at: epoch seconds of creation (XCom ``created_at`` of the create task): 404 grace.
+    :param result_manifest: see :class:`~airflow_provider_sentinel_batch.results.ResultOptions` (and the
+        ``results_*``, ``max_failed_*`` and ``manifest_limit`` parameters).
     """
 
-    # set by the concrete class's __init__
-    deferrable: bool
-    poll_interval: float
-    analysis_poll_interval: float
-    max_poll_interval: float | None
-    wait_timeout: float | None
-    cancel_on_timeout: bool
-    cancel_on_kill: bool
-    max_cost_pu: float | None
-    partial_policy: str
-    max_partial_restarts: int
-    stale_timeout: float
-    created_at: Any
-    soft_fail: bool = False
+    template_fields: Sequence[str] = ("max_cost_pu", "created_at")
     _is_sensor = False
 
     if TYPE_CHECKING:
@@ -161,26 +168,33 @@ class _WaitsForBatch:
         @property
         def version(self) -> str: ...
 
-    log: Any
-    sentinel_batch_conn_id: str
+        sentinel_batch_conn_id: str
 
-    def _init_wait(
+    def __init__(
         self,
         *,
-        deferrable: bool,
-        poll_interval: float,
-        analysis_poll_interval: float,
-        max_poll_interval: float | None,
-        wait_timeout: float | None,
-        cancel_on_timeout: bool,
-        cancel_on_kill: bool,
-        max_cost_pu: float | None,
-        partial_policy: str,
-        max_partial_restarts: int,
-        created_at: Any,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 60.0,
+        analysis_poll_interval: float = 10.0,
+        max_poll_interval: float | None = None,
+        wait_timeout: float | None = None,
+        cancel_on_timeout: bool = False,
+        cancel_on_kill: bool = True,
+        max_cost_pu: float | str | None = None,
+        partial_policy: str = "fail",
+        max_partial_restarts: int = 1,
+        created_at: Any = None,
         stale_timeout: float = 900.0,
-        result_options: results.ResultOptions | None = None,
+        result_manifest: bool | None = None,
+        results_url: str | None = None,
+        results_conn_id: str | None = None,
+        results_storage_options: dict[str, Any] | None = None,
+        max_failed_features: int | None = None,
+        max_failed_fraction: float | None = None,
+        manifest_limit: int = results.DEFAULT_LIMIT,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)
         if partial_policy not in PARTIAL_POLICIES:
             raise SentinelBatchConfigError(
                 f"partial_policy must be one of {', '.join(PARTIAL_POLICIES)}, got {partial_policy!r}"
@@ -199,7 +213,27 @@ class _WaitsForBatch:
         self.max_partial_restarts = max_partial_restarts
         self.created_at = created_at
         self.stale_timeout = stale_timeout
-        self.result_options = result_options or results.ResultOptions()
+        self.result_options = results.ResultOptions(
+            result_manifest=result_manifest,
+            results_url=results_url,
+            results_conn_id=results_conn_id,
+            results_storage_options=results_storage_options,
+            max_failed_features=max_failed_features,
+            max_failed_fraction=max_failed_fraction,
+            manifest_limit=manifest_limit,
+        )
+
+    @property
+    def cost_budget(self) -> float | None:
+        """``max_cost_pu`` as a number (it is templated, so it may arrive as a string)."""
+        if self.max_cost_pu in (None, "", "None"):
+            return None
+        try:
+            return float(self.max_cost_pu)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SentinelBatchConfigError(
+                f"max_cost_pu must be a number of PU, got {self.max_cost_pu!r}"
+            ) from None
 
     def _note_created(self, request_id: str) -> float | None:
         from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS
@@ -215,7 +249,7 @@ class _WaitsForBatch:
     def _verdict(
         self, request: dict[str, Any], wait_for: str, stale_status: str | None, stale_until: float
     ) -> Verdict:
-        verdict = judge(self.version, wait_for, request, max_cost_pu=self.max_cost_pu)
+        verdict = judge(self.version, wait_for, request, max_cost_pu=self.cost_budget)
         if stale_status is not None and request.get("status") == stale_status and time.time() < stale_until:
             return Verdict(WAIT, f"still {stale_status} (not updated yet)")
         return verdict
@@ -237,6 +271,8 @@ class _WaitsForBatch:
         stale_until = time.time() + self.stale_timeout
         deadline = time.time() + self.wait_timeout if self.wait_timeout else None
         request = self.hook.get_request(request_id)
+        if self._is_sensor and restarts == 0:
+            push_links(self, context, request_id, request)  # operators pushed theirs before acting
         self.log.info("Batch request %s: %s", request_id, describe(self.version, request))
         verdict = self._verdict(request, wait_for, stale_status, stale_until)
         if verdict.outcome == WAIT and self.deferrable:
@@ -253,7 +289,7 @@ class _WaitsForBatch:
                 deadline=deadline,
                 cancel_on_timeout=self.cancel_on_timeout,
                 cancel_on_kill=self.cancel_on_kill,
-                max_cost_pu=self.max_cost_pu,
+                max_cost_pu=self.cost_budget,
                 created_at=created_at,
                 stale_status=stale_status,
                 stale_until=stale_until if stale_status else None,
@@ -357,13 +393,16 @@ class _WaitsForBatch:
                 return results.finish(self, context, summary, wait_for)
             raise SentinelBatchJobError(f"{message}. {failed}", request_id=request_id, status="PARTIAL")
         if status == TIMEOUT:
-            if self.soft_fail:
+            if getattr(self, "soft_fail", False):
                 raise AirflowSkipException(message)
             if self._is_sensor:
                 raise AirflowSensorTimeout(message)
             raise SentinelBatchJobError(message, request_id=request_id, status=str(status))
         if status == COST_EXCEEDED:
             raise SentinelBatchCostExceededError(message, request_id=request_id, status=summary.get("status"))
+        if status == ERROR:
+            # the wait itself broke (service unreachable, rate limited for too long): a task retry may succeed
+            raise SentinelBatchError(message)
         raise SentinelBatchJobError(message, request_id=request_id, status=summary.get("status"))
 
     def _failed_tiles(self, request_id: str, limit: int = 20) -> str:
@@ -380,24 +419,6 @@ class _WaitsForBatch:
     def _kill_remote(self, request_id: str | None) -> None:
         if request_id and self.cancel_on_kill:
             self._stop_quietly(request_id, "the task was killed")
-
-
-def _wait_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Pop the wait-related keyword arguments (same names and defaults on every waiting class)."""
-    return {
-        "deferrable": kwargs.pop("deferrable", _default_deferrable()),
-        "poll_interval": kwargs.pop("poll_interval", 60.0),
-        "analysis_poll_interval": kwargs.pop("analysis_poll_interval", 10.0),
-        "max_poll_interval": kwargs.pop("max_poll_interval", None),
-        "wait_timeout": kwargs.pop("wait_timeout", None),
-        "cancel_on_timeout": kwargs.pop("cancel_on_timeout", False),
-        "cancel_on_kill": kwargs.pop("cancel_on_kill", True),
-        "max_cost_pu": kwargs.pop("max_cost_pu", None),
-        "partial_policy": kwargs.pop("partial_policy", "fail"),
-        "max_partial_restarts": kwargs.pop("max_partial_restarts", 1),
-        "created_at": kwargs.pop("created_at", None),
-        "result_options": results.pop_options(kwargs),  # result_manifest, results_url, max_failed_*, ...
-    }
 
 
 # ---------------------------------------------------------------------------------------------- create
@@ -538,17 +559,26 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
 
 
 # ---------------------------------------------------------------------------------------------- actions
-class _RequestOperator(SentinelBatchBaseOperator, _WaitsForBatch):
-    template_fields: Sequence[str] = ("request_id", "created_at", "sentinel_batch_conn_id", "api_version")
+class _RequestOperator(_WaitsForBatch, SentinelBatchBaseOperator):
+    template_fields: Sequence[str] = (
+        "request_id",
+        "created_at",
+        "max_cost_pu",
+        "sentinel_batch_conn_id",
+        "api_version",
+    )
 
     def __init__(self, *, request_id: str, wait_for_completion: bool = False, **kwargs: Any) -> None:
-        wait = _wait_kwargs(kwargs)
         super().__init__(**kwargs)
         self.request_id = request_id
         self.wait_for_completion = wait_for_completion
-        self._init_wait(**wait)
 
     def _read(self) -> dict[str, Any]:
+        if self.request_id in (None, "", "None"):
+            # e.g. a cancel-on-failure task whose create step itself failed: there is no job to act on
+            raise AirflowSkipException(
+                "No batch request id (the create step did not produce one): nothing to do."
+            )
         self._note_created(self.request_id)
         request = self.hook.get_request(self.request_id)
         self.log.info("Batch request %s: %s", self.request_id, describe(self.version, request))
@@ -607,28 +637,29 @@ class SentinelBatchStartOperator(_RequestOperator):
         return self.request_id
 
     def _check_cost(self, request: dict[str, Any]) -> None:
-        if self.max_cost_pu is None or self.version != "v1":
+        budget = self.cost_budget
+        if budget is None or self.version != "v1":
             return  # v2 has no estimate: its trigger watches costPU while processing instead
         estimate = request.get("valueEstimate")
         if estimate is None:
             raise SentinelBatchCostExceededError(
-                f"max_cost_pu={self.max_cost_pu:g} is set but batch request {self.request_id} has no valueEstimate "
+                f"max_cost_pu={budget:g} is set but batch request {self.request_id} has no valueEstimate "
                 f"(status {request.get('status')}): run the analysis first (SentinelBatchAnalyseOperator with "
                 "wait_for_completion=True), then start.",
                 request_id=self.request_id,
             )
         charged = float(estimate) / 3.0
-        if charged > self.max_cost_pu:
+        if charged > budget:
             raise SentinelBatchCostExceededError(
                 f"Not starting batch request {self.request_id}: valueEstimate {float(estimate):g} PU means about "
-                f"{charged:.1f} PU charged (estimate / 3), over max_cost_pu={self.max_cost_pu:g}.",
+                f"{charged:.1f} PU charged (estimate / 3), over max_cost_pu={budget:g}.",
                 request_id=self.request_id,
             )
         self.log.info(
             "Cost guard: ~%.1f PU (valueEstimate %g / 3) within max_cost_pu=%g",
             charged,
             float(estimate),
-            self.max_cost_pu,
+            budget,
         )
 
 
@@ -656,10 +687,8 @@ SentinelBatchStopOperator = SentinelBatchCancelOperator
 class SentinelBatchRestartPartialOperator(_RequestOperator):
     """v1: re-run the failed tiles of a PARTIAL request, then wait until the status has left PARTIAL."""
 
-    def __init__(self, *, stale_timeout: float = 900.0, **kwargs: Any) -> None:
-        kwargs.setdefault("api_version", "v1")
-        super().__init__(**kwargs)
-        self.stale_timeout = stale_timeout
+    def __init__(self, *, api_version: str | None = "v1", **kwargs: Any) -> None:
+        super().__init__(api_version=api_version, **kwargs)
 
     def execute(self, context: Context) -> Any:
         if self.version != "v1":

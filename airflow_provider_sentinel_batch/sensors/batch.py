@@ -16,8 +16,8 @@ from airflow_provider_sentinel_batch.operators.batch import (
     WAIT,
     SentinelBatchDashboardLink,
     SentinelBatchOutputLink,
-    _wait_kwargs,
     _WaitsForBatch,
+    push_links,
 )
 from airflow_provider_sentinel_batch.waiting import describe, summarize
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
 
-class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
+class SentinelBatchSensor(_WaitsForBatch, BaseSensorOperator):
     """Wait until a batch request reaches ``wait_for`` (``ANALYSIS_DONE`` or ``DONE``).
 
     Fails fast on FAILED / CANCELED (v1) or FAILED / STOPPED (v2) quoting the service's ``error`` and
@@ -40,7 +40,13 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
     :return: a summary dict (request id, status, cost, tiles, output location, dashboard URL).
     """
 
-    template_fields: Sequence[str] = ("request_id", "created_at", "sentinel_batch_conn_id", "api_version")
+    template_fields: Sequence[str] = (
+        "request_id",
+        "created_at",
+        "max_cost_pu",
+        "sentinel_batch_conn_id",
+        "api_version",
+    )
     operator_extra_links = (SentinelBatchDashboardLink(), SentinelBatchOutputLink())
     _is_sensor = True
     get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
@@ -52,19 +58,20 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
         wait_for: str = "DONE",
         sentinel_batch_conn_id: str = DEFAULT_CONN_ID,
         api_version: str | None = None,
+        poll_interval: float = 60.0,
+        analysis_poll_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        wait = _wait_kwargs(kwargs)
-        if "poke_interval" not in kwargs:
-            kwargs["poke_interval"] = (
-                wait["analysis_poll_interval"] if wait_for == "ANALYSIS_DONE" else wait["poll_interval"]
-            )
-        super().__init__(**kwargs)
+        # poke/reschedule mode polls at the same status-aware pace as the trigger
+        kwargs.setdefault(
+            "poke_interval", analysis_poll_interval if wait_for == "ANALYSIS_DONE" else poll_interval
+        )
+        super().__init__(poll_interval=poll_interval, analysis_poll_interval=analysis_poll_interval, **kwargs)
         self.request_id = request_id
         self.wait_for = wait_for
         self.sentinel_batch_conn_id = sentinel_batch_conn_id
         self.api_version = api_version
-        self._init_wait(**wait)
+        self._links_pushed = False
         self._restarts = 0
         self._stale: str | None = None
         self._stale_until = 0.0
@@ -94,6 +101,9 @@ class SentinelBatchSensor(BaseSensorOperator, _WaitsForBatch):
 
         self._note_created(self.request_id)
         request = self.hook.get_request(self.request_id)
+        if not self._links_pushed:
+            push_links(self, context, self.request_id, request)
+            self._links_pushed = True
         if request.get("status") != self._last_status:
             self.log.info("Batch request %s: %s", self.request_id, describe(self.version, request))
             self._last_status = request.get("status")

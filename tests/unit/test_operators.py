@@ -9,6 +9,7 @@ from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSki
 
 from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchCostExceededError,
+    SentinelBatchError,
     SentinelBatchJobError,
     SentinelBatchValidationError,
 )
@@ -304,7 +305,7 @@ def test_already_done_does_not_defer(v1):
         ),
         (
             {"status": "error", "message": "5 consecutive status checks failed"},
-            SentinelBatchJobError,
+            SentinelBatchError,
             "consecutive",
         ),
         ({"status": "timeout", "message": "deadline"}, AirflowSensorTimeout, "deadline"),
@@ -379,3 +380,55 @@ def test_on_kill_cancels_remote_job(v1):
 def test_bad_arguments_fail_at_parse_time():
     with pytest.raises(ValueError, match="partial_policy must be one of"):
         SentinelBatchSensor(task_id="w", request_id=RID, partial_policy="retry")
+
+
+def test_final_outcomes_do_not_retry_but_a_broken_wait_does(v1):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    sensor = SentinelBatchSensor(task_id="wait", request_id=RID, deferrable=True)
+    with pytest.raises(AirflowFailException):  # FAILED job: retrying the wait cannot change it
+        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "failed", "message": "FAILED"})
+    with pytest.raises(SentinelBatchError) as exc:  # service unreachable for too long: a retry may succeed
+        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "error", "message": "unreachable"})
+    assert not isinstance(exc.value, AirflowFailException)
+
+
+def test_wait_arguments_work_with_partial_and_expand():
+    from datetime import datetime
+
+    from airflow.providers.common.compat.sdk import DAG
+
+    with DAG("mapped", schedule=None, start_date=datetime(2024, 1, 1)):
+        SentinelBatchStartOperator.partial(
+            task_id="start",
+            wait_for_completion=True,
+            deferrable=True,
+            poll_interval=5,
+            max_cost_pu=100,
+            created_at="1",
+            partial_policy="restart",
+            max_failed_fraction=0.1,
+        ).expand(request_id=["a", "b"])
+        SentinelBatchSensor.partial(
+            task_id="wait", wait_for="DONE", poll_interval=5, cancel_on_timeout=True
+        ).expand(request_id=["a", "b"])
+
+
+def test_templated_cost_budget_is_a_number(v1):
+    v1.get(f"{V1}/process/{RID}", json=request_body(status="ANALYSIS_DONE", valueEstimate=3000.0))
+    op = SentinelBatchStartOperator(task_id="start", request_id=RID, max_cost_pu="500")
+    assert "max_cost_pu" in op.template_fields
+    with pytest.raises(SentinelBatchCostExceededError, match="over max_cost_pu=500"):
+        op.execute(ctx("start"))
+
+
+def test_cancel_without_a_request_id_skips(v1):
+    with pytest.raises(AirflowSkipException, match="nothing to do"):
+        SentinelBatchCancelOperator(task_id="cancel", request_id="None").execute(ctx())
+
+
+def test_sensor_pushes_its_links(v1):
+    v1.get(f"{V1}/process/{RID}", json=request_body(status="PROCESSING", userAction="START"))
+    context = ctx("wait")
+    assert SentinelBatchSensor(task_id="wait", request_id=RID, deferrable=False).poke(context) is False
+    assert context["ti"].xcoms["sentinel_batch_links"]["dashboard"].endswith(RID)
