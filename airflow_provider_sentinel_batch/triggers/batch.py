@@ -261,15 +261,27 @@ class SentinelBatchTrigger(BaseTrigger):
         "stop the work": a success or skip keeps the job the user accepted, and a clear starts a new try that
         re-attaches to this same job. So the task instance's current state decides; if it cannot be read, the
         documented behaviour stands (a user acted: stop). Bounded by ``[triggerer] on_kill_timeout``; never raises.
+
+        The work runs shielded: Airflow 3.3's triggerer re-sends the cancellation of a trigger with every state
+        sync (about once a second) until the trigger has finished, so an unshielded on_kill is cut off silently
+        after a second or so (a first state lookup on a fresh triggerer can take longer), and the stop is lost.
         """
         if not self.cancel_on_kill:
             return
+        work = asyncio.ensure_future(self._kill(_on_kill_budget()))
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # the repeated cancellation (or a shutdown): finish the bounded work first
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()
+
+    async def _kill(self, budget: float) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _on_kill_budget()
+        deadline = loop.time() + budget
         try:
-            state = await asyncio.wait_for(
-                self._task_state(), timeout=min(_STATE_LOOKUP_TIMEOUT, deadline - loop.time())
-            )
+            state = await asyncio.wait_for(self._task_state(), timeout=_lookup_timeout(budget))
         except Exception as exc:
             self.log.warning(
                 "Could not read the state of the task waiting on batch request %s (%s); stopping the job, "
@@ -332,8 +344,10 @@ class SentinelBatchTrigger(BaseTrigger):
 #: failed). Anything else (success, skipped, cleared: None/scheduled/queued/running/deferred/up_for_retry/
 #: restarting, or still deferred after a move to another triggerer) leaves the job running.
 _KILL_STATES = frozenset({"failed"})
-#: The state lookup's share of the on_kill time: if it takes longer, stop the job (the documented behaviour).
-_STATE_LOOKUP_TIMEOUT = 10.0
+#: Of the on_kill time, what the stop keeps for itself (connection, token, one POST with retries); the state
+#: lookup gets the rest (the first one on a fresh triggerer builds the supervisor's in-process Execution API:
+#: seconds, 15 s on a busy 2-core machine). If the lookup takes longer, stop the job (the documented behaviour).
+_STOP_RESERVE = 8.0
 
 
 def _on_kill_budget() -> float:
@@ -345,6 +359,10 @@ def _on_kill_budget() -> float:
     except Exception:
         timeout = 30.0
     return max(1.0, timeout * 0.9)
+
+
+def _lookup_timeout(budget: float) -> float:
+    return max(budget - _STOP_RESERVE, budget / 2)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -479,6 +479,26 @@ class AirflowStack:
             raise RuntimeError(f"marking {task_id} {state}: {response.status_code} {response.text}")
         return dict(response.json())
 
+    def clear_task(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        """Clear one task instance of a run as a user does in the UI (Airflow 3 REST API): a new try."""
+        response = self.http.post(
+            f"{self.api_url}/api/v2/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": [task_id],
+                "only_failed": False,
+                "include_upstream": False,
+                "include_downstream": False,
+                "include_past": False,
+                "include_future": False,
+            },
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"clearing {task_id}: {response.status_code} {response.text}")
+        return dict(response.json())
+
     # ------------------------------------------------------------------------------------ metadata DB
     def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         """Read the metadata DB (read-only, short-lived connection; waits out a writer's lock)."""

@@ -10,7 +10,9 @@ the deferral is observed for sure) and sped up afterwards.
 * a triggerer restart mid-wait (SIGINT, start again) re-creates the trigger on the new triggerer, does not
   stop the job, and the run still succeeds;
 * Airflow 3.3+: marking the deferred task failed (REST API, as the UI does) runs the trigger's ``on_kill``
-  on the triggerer, which cancels (v1) or stops (v2) the job.
+  on the triggerer, which cancels (v1) or stops (v2) the job;
+* Airflow 3.3+: marking it success, or clearing it, runs ``on_kill`` too, which leaves the job running (the
+  run shows success with the job finishing; the cleared task's next try re-attaches to the job and succeeds).
 
 Switch: ``SENTINEL_BATCH_TRIGGERER_TESTS`` = ``auto`` (default: skip when this machine cannot run the
 daemons), ``require`` (CI: such a machine is a failure, never a skip), ``off`` (skip on purpose).
@@ -201,14 +203,20 @@ def _only_job(emulator: EmulatorProcess) -> dict[str, Any] | None:
 
 
 def _wait_deferred(
-    airflow: AirflowStack, dag_id: str, run_id: str, *, not_on: int | None = None, timeout: float = 120.0
+    airflow: AirflowStack,
+    dag_id: str,
+    run_id: str,
+    *,
+    not_on: int | None = None,
+    attempt: int = 1,
+    timeout: float = 120.0,
 ) -> Deferral:
-    """The wait task is DEFERRED, its trigger row is claimed by a running triggerer (not ``not_on``), and that
-    triggerer has written the trigger's own status line for the job into its trigger log file."""
+    """The wait task (try ``attempt``) is DEFERRED, its trigger row is claimed by a running triggerer (not
+    ``not_on``), and that triggerer has written the trigger's own status line for the job into its trigger log."""
 
     def probe() -> Deferral | None:
         ti = airflow.task_instance(dag_id, run_id, WAIT_TASK)
-        if not ti or ti["state"] != "deferred" or ti["trigger_id"] is None:
+        if not ti or ti["state"] != "deferred" or ti["trigger_id"] is None or ti["try_number"] != attempt:
             return None
         trigger = airflow.trigger_row(ti["trigger_id"])
         if not trigger or trigger["triggerer_id"] is None or trigger["triggerer_id"] == not_on:
@@ -217,23 +225,31 @@ def _wait_deferred(
         job = _only_job(airflow.emulator)
         if trigger["triggerer_id"] not in running or job is None:
             return None
-        log = airflow.trigger_logs(dag_id, run_id, WAIT_TASK).get(trigger["triggerer_id"], "")
+        log = airflow.trigger_logs(dag_id, run_id, WAIT_TASK, attempt).get(trigger["triggerer_id"], "")
         if f"Batch request {job['id']}: status" not in log:
             return None
         return Deferral(ti, trigger, trigger["triggerer_id"], job["id"], log)
 
     return airflow.wait(
-        f"{dag_id}/{run_id}: {WAIT_TASK} deferred and its trigger running", probe, timeout=timeout
+        f"{dag_id}/{run_id}: {WAIT_TASK} try {attempt} deferred and its trigger running",
+        probe,
+        timeout=timeout,
     )
 
 
 def _wait_trigger_log(
-    airflow: AirflowStack, dag_id: str, run_id: str, triggerer_id: int, *needles: str, timeout: float = 45.0
+    airflow: AirflowStack,
+    dag_id: str,
+    run_id: str,
+    triggerer_id: int,
+    *needles: str,
+    attempt: int = 1,
+    timeout: float = 45.0,
 ) -> str:
     """The trigger log a triggerer wrote for this run, once it holds every needle (the file lags the events)."""
 
     def probe() -> str | None:
-        log = airflow.trigger_logs(dag_id, run_id, WAIT_TASK).get(triggerer_id, "")
+        log = airflow.trigger_logs(dag_id, run_id, WAIT_TASK, attempt).get(triggerer_id, "")
         return log if all(n in log for n in needles) else None
 
     return airflow.wait(
@@ -264,13 +280,15 @@ def _start_run(airflow: AirflowStack, version: str, run_id: str) -> None:
     airflow.trigger(_dag_id(version), run_id)
 
 
-def _assert_resumed_after_deferral(airflow: AirflowStack, dag_id: str, run_id: str, request_id: str) -> None:
+def _assert_resumed_after_deferral(
+    airflow: AirflowStack, dag_id: str, run_id: str, request_id: str, attempt: int = 1
+) -> None:
     """The task log shows the deferral, then the same try resuming and finishing from the trigger's event."""
     ti = airflow.task_instance(dag_id, run_id, WAIT_TASK)
     assert ti is not None and ti["state"] == "success", airflow.describe()
-    assert ti["try_number"] == 1, f"resumed, not retried: {ti}"
+    assert ti["try_number"] == attempt, f"resumed, not retried: {ti}"
     assert ti["trigger_id"] is None and not ti["next_method"], f"the deferral is over: {ti}"
-    log = airflow.task_log(dag_id, run_id, WAIT_TASK)
+    log = airflow.task_log(dag_id, run_id, WAIT_TASK, attempt)
     deferred_at = log.find("Pausing task as DEFERRED")
     done_at = log.find(f"Batch request {request_id} is DONE")  # logged by execute_complete on resumption
     assert deferred_at >= 0, f"no deferral in the task log:\n{log[-3000:]}"
@@ -353,12 +371,15 @@ def test_triggerer_restart_recreates_the_trigger_and_leaves_the_job_running(stac
     assert (created, jobs, kills) == (1, {"v2": {"DONE": 1}}, {})
 
 
-@pytest.mark.skipif(
+needs_trigger_on_kill = pytest.mark.skipif(
     not HAS_TRIGGER_ON_KILL,
     reason=f"BaseTrigger.on_kill exists from Airflow 3.3 (apache/airflow#65590); on {AIRFLOW_VERSION} a user's "
     "mark-failed only cancels the trigger task (indistinguishable from a triggerer shutdown), so the provider "
     "deliberately leaves the remote job alone (apache/airflow#36090)",
 )
+
+
+@needs_trigger_on_kill
 @pytest.mark.parametrize(
     ("version", "action", "final"), [("v1", "cancel", "CANCELED"), ("v2", "stop", "STOPPED")]
 )
@@ -381,7 +402,7 @@ def test_marking_the_deferred_task_failed_stops_the_job(
         run_id,
         deferral.triggerer_id,
         "Trigger cancelled by user action, invoking on_kill",
-        f"Asked the service to {action} batch request {deferral.request_id} (the task was killed)",
+        f"Asked the service to {action} batch request {deferral.request_id} (the task was marked failed)",
         timeout=60,  # on_kill gets [triggerer] on_kill_timeout (30 s)
     )
     stack.timings[f"kill {version}: mark failed to {action}"] = time.monotonic() - killed_at
@@ -395,3 +416,89 @@ def test_marking_the_deferred_task_failed_stops_the_job(
     assert (created, jobs, kills) == (1, {version: {final: 1}}, {route: 1})
     ti = stack.task_instance(dag_id, run_id, WAIT_TASK)
     assert ti is not None and ti["state"] == "failed" and ti["try_number"] == 1, ti
+
+
+def _leaves_the_job_running(request_id: str) -> str:
+    return f"leaving batch request {request_id} running"
+
+
+def _wait_job_status(emulator: EmulatorProcess, request_id: str, status: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := emulator.job(request_id)["status"]) != status:
+        assert time.monotonic() < deadline, f"job {request_id} still {current}, never {status}"
+        time.sleep(0.2)
+
+
+@needs_trigger_on_kill
+def test_marking_the_deferred_task_success_leaves_the_job_running(stack: AirflowStack) -> None:
+    """Airflow 3.3 runs on_kill on mark-success too: the job the user accepted must not be stopped."""
+    dag_id, run_id = _dag_id("v2"), "rt_v2_mark_success"
+    started = time.monotonic()
+    _start_run(stack, "v2", run_id)
+    deferral = _wait_deferred(stack, dag_id, run_id)
+    _advance_until(stack.emulator, deferral.request_id, "PROCESSING")
+
+    marked = stack.set_task_state(dag_id, run_id, WAIT_TASK, "success")
+    assert [ti["state"] for ti in marked["task_instances"]] == ["success"], marked
+    killed_at = time.monotonic()
+    # the slow clock keeps the job PROCESSING: a stop now would still reach the emulator and show
+    log = _wait_trigger_log(
+        stack,
+        dag_id,
+        run_id,
+        deferral.triggerer_id,
+        "Trigger cancelled by user action, invoking on_kill",
+        _leaves_the_job_running(deferral.request_id),
+        timeout=60,
+    )
+    stack.timings["mark success: to on_kill decision"] = time.monotonic() - killed_at
+    assert "the task is success" in log and "Asked the service" not in log, log[-3000:]
+    assert stack.emulator.kill_calls() == {}
+    assert stack.emulator.job(deferral.request_id)["status"] == "PROCESSING"
+    assert _wait_run_end(stack, dag_id, run_id) == "success", stack.describe()
+
+    stack.emulator.set_time_scale(FAST)  # the job the user accepted runs to its end
+    _wait_job_status(stack.emulator, deferral.request_id, "DONE")
+    stack.timings["mark success: run"] = time.monotonic() - started
+    created, jobs, kills = _emulator_totals(stack.emulator)
+    assert (created, jobs, kills) == (1, {"v2": {"DONE": 1}}, {})
+
+
+@needs_trigger_on_kill
+def test_clearing_the_deferred_task_leaves_the_job_to_the_next_try(stack: AirflowStack) -> None:
+    """Airflow 3.3 runs try 1's on_kill on clear while try 2 re-attaches to the same job: it must keep running,
+    and the run succeeds on it (one job, no cancel)."""
+    dag_id, run_id = _dag_id("v1"), "rt_v1_clear"
+    started = time.monotonic()
+    _start_run(stack, "v1", run_id)
+    first = _wait_deferred(stack, dag_id, run_id)
+    _advance_until(stack.emulator, first.request_id, "PROCESSING")
+
+    cleared = stack.clear_task(dag_id, run_id, WAIT_TASK)
+    assert [ti["task_id"] for ti in cleared["task_instances"]] == [WAIT_TASK], cleared
+    cleared_at = time.monotonic()
+    log = _wait_trigger_log(
+        stack,
+        dag_id,
+        run_id,
+        first.triggerer_id,
+        "Trigger cancelled by user action, invoking on_kill",
+        _leaves_the_job_running(first.request_id),
+        timeout=60,
+    )
+    stack.timings["clear: to on_kill decision"] = time.monotonic() - cleared_at
+    assert "Asked the service" not in log, log[-3000:]
+    assert stack.emulator.kill_calls() == {}
+
+    # try 2 waits on the same job, still PROCESSING (slow clock) when it defers
+    second = _wait_deferred(stack, dag_id, run_id, attempt=2)
+    stack.timings["clear: to try 2 deferred"] = time.monotonic() - cleared_at
+    assert second.request_id == first.request_id
+    assert stack.emulator.job(first.request_id)["status"] == "PROCESSING"
+
+    stack.emulator.set_time_scale(FAST)
+    assert _wait_run_end(stack, dag_id, run_id) == "success", stack.describe()
+    stack.timings["clear: run"] = time.monotonic() - started
+    _assert_resumed_after_deferral(stack, dag_id, run_id, first.request_id, attempt=2)
+    created, jobs, kills = _emulator_totals(stack.emulator)
+    assert (created, jobs, kills) == (1, {"v1": {"DONE": 1}}, {})

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
+import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import respx
 
 from airflow_provider_sentinel_batch.auth import TOKEN_CACHE
+from airflow_provider_sentinel_batch.triggers import batch as batch_module
 from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
 
 from .conftest import BASE, SECRET, TOKEN_URL
@@ -277,3 +282,162 @@ async def test_many_triggers_share_one_token(api):
     events = await asyncio.gather(*(first_event(trigger()) for _ in range(50)))
     assert {e["status"] for e in events} == {"success"}
     assert tokens.call_count == 1 and sum(TOKEN_CACHE.fetches.values()) == 1
+
+
+# ------------------------------------------------------------------------------------------ on_kill by state
+# Airflow 3.3 calls a trigger's on_kill when a user marks the deferred task failed, but also when they mark it
+# success or clear it: only a failed task may stop the job.
+def killed_trigger(api, **kwargs) -> tuple[SentinelBatchTrigger, respx.Route]:
+    t = trigger(**kwargs)
+    t.task_instance = SimpleNamespace(dag_id="d", task_id="wait", run_id="r1", map_index=-1, try_number=1)
+    return t, api.post(f"{V2}/stop").respond(204)
+
+
+@pytest.fixture
+def logs(monkeypatch, caplog):
+    """The trigger's log lines (structlog on Airflow 3: routed to a stdlib logger caplog sees, on both lines)."""
+    monkeypatch.setattr(
+        SentinelBatchTrigger, "log", property(lambda _: logging.getLogger("test_trigger.on_kill"))
+    )
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def state_is(monkeypatch, result) -> None:
+    async def fake(self):
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    monkeypatch.setattr(SentinelBatchTrigger, "_task_state", fake)
+
+
+async def test_on_kill_stops_the_job_when_the_task_was_marked_failed(api, monkeypatch, logs):
+    state_is(monkeypatch, "failed")
+    t, stop = killed_trigger(api)
+    await t.on_kill()
+    assert stop.call_count == 1
+    assert f"Asked the service to stop batch request {RID} (the task was marked failed)" in logs.text
+
+
+@pytest.mark.parametrize(
+    "state", ["success", None, "deferred", "scheduled", "queued", "running", "up_for_retry", "skipped"]
+)
+async def test_on_kill_leaves_the_job_running_when_the_task_did_not_fail(api, monkeypatch, logs, state):
+    """Marked success (the user accepts the job), cleared (the next try re-attaches to this job: None, then
+    scheduled ... deferred), or moved to another triggerer (still deferred)."""
+    state_is(monkeypatch, state)
+    t, stop = killed_trigger(api)
+    await t.on_kill()
+    assert stop.call_count == 0
+    assert f"leaving batch request {RID} running" in logs.text
+
+
+async def test_on_kill_stops_the_job_when_the_state_cannot_be_read(api, monkeypatch, logs):
+    state_is(monkeypatch, RuntimeError("supervisor unreachable"))
+    t, stop = killed_trigger(api)
+    await t.on_kill()
+    assert stop.call_count == 1  # a user acted on the task: the documented behaviour
+    assert "Could not read the state" in logs.text and "supervisor unreachable" in logs.text
+
+
+async def test_on_kill_state_lookup_is_bounded(api, monkeypatch):
+    async def hangs(self):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SentinelBatchTrigger, "_task_state", hangs)
+    monkeypatch.setattr(batch_module, "_on_kill_budget", lambda: 0.5)  # the lookup gets half of it here
+    t, stop = killed_trigger(api)
+    await asyncio.wait_for(t.on_kill(), timeout=5)
+    assert stop.call_count == 1
+
+
+async def test_on_kill_outlives_the_repeated_cancellation(api, monkeypatch):
+    """Airflow 3.3 cancels the trigger task again with every state sync (~1 s) while on_kill runs: a slow state
+    lookup (the first one on a fresh triggerer) must still end in the stop, not be cut off."""
+    answered = asyncio.Event()
+
+    async def slow(self):
+        await answered.wait()
+        return "failed"
+
+    monkeypatch.setattr(SentinelBatchTrigger, "_task_state", slow)
+    t, stop = killed_trigger(api)
+    kill = asyncio.ensure_future(t.on_kill())
+    for _ in range(3):  # three syncs while the lookup is pending
+        await asyncio.sleep(0)
+        kill.cancel("__airflow_user_action__")
+    await asyncio.sleep(0)
+    assert not kill.done() and stop.call_count == 0
+    answered.set()
+    await asyncio.wait_for(kill, timeout=5)  # returns normally once the work is done
+    assert stop.call_count == 1
+
+
+async def test_on_kill_is_bounded_and_never_raises(api, monkeypatch, logs):
+    state_is(monkeypatch, "failed")
+
+    async def stop_hangs(self, client, why):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SentinelBatchTrigger, "_stop", stop_hangs)
+    monkeypatch.setattr(batch_module, "_on_kill_budget", lambda: 0.1)
+    t, _ = killed_trigger(api)
+    await asyncio.wait_for(t.on_kill(), timeout=5)  # returns by itself, before the framework's bound
+    assert f"Best-effort stop of {RID} on kill failed: TimeoutError" in logs.text
+
+
+async def test_on_kill_without_the_task_sdk_falls_back_to_stopping(api, monkeypatch):
+    """Airflow 2 has no ``airflow.sdk`` (and never calls a trigger's on_kill): the lookup degrades to a stop."""
+    monkeypatch.setitem(sys.modules, "airflow.sdk.execution_time.task_runner", None)  # import -> ImportError
+    t, stop = killed_trigger(api)
+    await t.on_kill()
+    assert stop.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("map_index", "key", "state", "stops"),
+    [
+        (-1, "wait", "failed", 1),
+        (-1, "wait", "success", 0),
+        (3, "wait_3", "failed", 1),
+        (3, "wait_3", None, 0),
+    ],
+)
+async def test_on_kill_reads_the_state_through_the_task_sdk(api, monkeypatch, map_index, key, state, stops):
+    """Airflow 3: ``RuntimeTaskInstance.get_task_states`` (a blocking call to the triggerer's supervisor) runs
+    off the event loop; its answer is ``{run_id: {task_id or "<task_id>_<map_index>": state}}``."""
+    task_runner = pytest.importorskip("airflow.sdk.execution_time.task_runner")
+    from airflow.utils.state import TaskInstanceState
+
+    calls: list[dict] = []
+    loop_thread = threading.get_ident()
+
+    def get_task_states(**kwargs):
+        calls.append({**kwargs, "on_loop_thread": threading.get_ident() == loop_thread})
+        value = None if state is None else TaskInstanceState(state)
+        return {"r1": {key: value, "other": "failed"}}
+
+    monkeypatch.setattr(task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(get_task_states))
+    t, stop = killed_trigger(api)
+    t.task_instance.map_index = map_index
+    await t.on_kill()
+    assert calls == [
+        {
+            "dag_id": "d",
+            "task_ids": ["wait"],
+            "run_ids": ["r1"],
+            "map_index": map_index,
+            "on_loop_thread": False,
+        }
+    ]
+    assert stop.call_count == stops
+
+
+async def test_on_kill_missing_task_instance_in_the_answer_falls_back_to_stopping(api, monkeypatch):
+    task_runner = pytest.importorskip("airflow.sdk.execution_time.task_runner")
+    monkeypatch.setattr(task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kwargs: {}))
+    t, stop = killed_trigger(api)
+    await t.on_kill()
+    assert stop.call_count == 1
+
