@@ -20,6 +20,7 @@ so a quiet triggerer keeps only the sockets it needs warm.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -50,9 +51,13 @@ _HEADERS = {"User-Agent": "airflow-provider-sentinel-batch"}
 class _Pool:
     """The shared HTTP state of one base URL on one event loop (only touched from that loop's thread)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, *, tls: bool = True) -> None:
         self.timeout = timeout
-        self.ssl_context = httpx.create_ssl_context()  # one for all lanes (each default client loads its own)
+        self.tls = tls
+        # One for all lanes (each default client, even ``verify=True``, loads its own CA bundle: 40-200 ms of
+        # CPU that blocks the loop). A pool that never talks https (a loopback emulator) gets an empty context
+        # instead: it costs nothing to build and, with no CA loaded, fails any TLS handshake (fails closed).
+        self.ssl_context = httpx.create_ssl_context() if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.main = self._client(_MAIN)  # ``SentinelBatchAsyncClient.http``: token requests, raw calls
         self.lanes: list[httpx.AsyncClient] = []
         self.idle: list[httpx.AsyncClient] = []  # a stack: the warmest socket first
@@ -88,11 +93,16 @@ class _Pool:
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pool]] = weakref.WeakKeyDictionary()
 
 
-def _acquire(base_url: str, timeout: float) -> _Pool:
+def _needs_tls(*urls: str) -> bool:
+    return any(url.lower().startswith("https:") for url in urls)
+
+
+def _acquire(base_url: str, timeout: float, *, tls: bool = True) -> _Pool:
     pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
     pool = pools.get(base_url)
-    if pool is None or pool.main.is_closed:
-        pool = pools[base_url] = _Pool(timeout)
+    # a pool without TLS is replaced (not shared) when a connection needs it; its users keep it until they leave
+    if pool is None or pool.main.is_closed or (tls and not pool.tls):
+        pool = pools[base_url] = _Pool(timeout, tls=tls)
     pool.users += 1
     return pool
 
@@ -142,7 +152,9 @@ class SentinelBatchAsyncClient:
         if self._http is not None:
             return self
         if self._transport is None:
-            self._pool = _acquire(self.settings.base_url, self.timeout)
+            settings = self.settings
+            tls = _needs_tls(settings.base_url, settings.token_url)  # plain http: only a loopback emulator
+            self._pool = _acquire(settings.base_url, self.timeout, tls=tls)
             self._http = self._pool.main
         else:
             self._http = httpx.AsyncClient(

@@ -441,3 +441,34 @@ async def test_on_kill_missing_task_instance_in_the_answer_falls_back_to_stoppin
     await t.on_kill()
     assert stop.call_count == 1
 
+
+# ------------------------------------------------------------------------------------ the pool's SSL context
+async def test_pool_loads_ca_certificates_only_for_https(monkeypatch):
+    """Loading the CA bundle costs 40-200 ms of CPU on the loop: not for a plain-http (loopback emulator) pool;
+    an https token URL on an http base URL still gets a verifying context."""
+    from airflow_provider_sentinel_batch.hooks import async_client
+
+    loads: list[bool] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args, **kwargs):
+        loads.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(async_client.httpx, "create_ssl_context", counting)
+    emulator = "http://127.0.0.1:8080"
+    plain = async_client._acquire(emulator, 5.0, tls=async_client._needs_tls(emulator, f"{emulator}/token"))
+    lane = await plain.take(1.0)
+    plain.give_back(lane)
+    assert loads == [] and not plain.tls  # main client and lane built without loading any CA
+    assert plain.ssl_context.verify_mode.name == "CERT_REQUIRED" and plain.ssl_context.check_hostname
+
+    mixed = async_client._acquire(emulator, 5.0, tls=async_client._needs_tls(emulator, TOKEN_URL))
+    assert mixed is not plain and mixed.tls and loads == [True]  # replaced, not shared without TLS
+    again = async_client._acquire(emulator, 5.0, tls=False)
+    assert again is mixed and loads == [True]  # a TLS pool serves plain-http users too
+    secure = async_client._acquire(BASE, 5.0, tls=async_client._needs_tls(BASE, TOKEN_URL))
+    assert secure.tls and loads == [True, True]
+    for url, pool in ((emulator, plain), (emulator, mixed), (emulator, again), (BASE, secure)):
+        await async_client._release(url, pool)
+    assert plain.main.is_closed and mixed.main.is_closed and secure.main.is_closed
