@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -302,8 +303,31 @@ def _emulator_totals(emulator: EmulatorProcess) -> tuple[int, dict[str, Any], di
 
 
 # ------------------------------------------------------------------------------------------------ tests
+# apache/airflow#72716 / #67287: the scheduler sometimes fails a task that resumed after deferral because a
+# late executor event from the try that deferred says "success" while the row is already running again.
+AIRFLOW_RESUME_RACE = "but the task instance's state attribute is"
+
+
 def test_run_succeeds_with_the_wait_deferred_to_the_triggerer(stack: AirflowStack) -> None:
-    dag_id, run_id = _dag_id("v1"), "rt_v1_success"
+    """Deferral to and resumption by the real triggerer. If (and only if) the scheduler log shows Airflow's
+    known resume race, the scenario is run once more under a new run id instead of failing on Airflow's bug."""
+    for attempt, run_id in enumerate(("rt_v1_success", "rt_v1_success_after_airflow_race")):
+        try:
+            _deferred_run_succeeds(stack, run_id)
+            return
+        except AssertionError:
+            scheduler_log = "\n".join(p.log() for p in stack.processes if p.name == "scheduler")
+            if attempt == 0 and AIRFLOW_RESUME_RACE in scheduler_log:
+                warnings.warn(
+                    "Airflow's resume race (apache/airflow#72716) hit; running the scenario again",
+                    stacklevel=2,
+                )
+                continue
+            raise
+
+
+def _deferred_run_succeeds(stack: AirflowStack, run_id: str) -> None:
+    dag_id = _dag_id("v1")
     started = time.monotonic()
     _start_run(stack, "v1", run_id)
 
