@@ -28,11 +28,18 @@ FAST = {"max_attempts": 2, "max_rate_limited": 2, "backoff_initial": 0.0, "defau
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    """Record the trigger's waits instead of sleeping."""
+    """Record the trigger's waits instead of sleeping.
+
+    Only in this test's thread: ``asyncio.sleep`` is patched module-wide, and an emulator left running by other
+    tests (uvicorn's loop in its own thread) sleeps through it too.
+    """
     waits: list[float] = []
     real_sleep = asyncio.sleep
+    test_thread = threading.get_ident()
 
     async def fake_sleep(delay, *args, **kwargs):
+        if threading.get_ident() != test_thread:
+            return await real_sleep(delay, *args, **kwargs)
         waits.append(delay)
         await real_sleep(0)
 
