@@ -50,6 +50,19 @@ def decode_body(status: int, text: str, method: str, url: str) -> Any:
         ) from None
 
 
+def expect_object(body: Any, method: str, url: str) -> dict[str, Any]:
+    """A request/tile/grid answer must be a JSON object; ``None`` or a list would fail later, obscurely."""
+    if not isinstance(body, dict):
+        raise SentinelBatchAPIError(
+            status=200,
+            method=method,
+            url=url,
+            message=f"expected a JSON object, got {type(body).__name__}: {body!r:.200}",
+            code="UNEXPECTED_RESPONSE",
+        )
+    return body
+
+
 def page_items(body: Any, method: str, url: str) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """``(items, next_token, next_url)`` of one list page; follows ``links.nextToken`` first, else ``links.next``."""
     if not isinstance(body, dict) or not isinstance(body.get("data", []), list):

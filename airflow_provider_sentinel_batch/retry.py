@@ -35,6 +35,8 @@ RATE_LIMITED = "rate_limited"
 SERVER_ERROR = "server_error"
 CONNECTION = "connection"
 NOT_FOUND = "not_found"
+#: Failures after which a non-idempotent call (create) is known not to have happened: safe to resend.
+SURELY_REFUSED = frozenset({RATE_LIMITED})
 
 
 class TransientError(Exception):
@@ -153,7 +155,7 @@ class RetryPolicy:
         backoff = min(self.backoff_max, self.backoff_initial * 2 ** max(0, count - 1))
         return backoff * random.uniform(1.0 - self.jitter, 1.0)
 
-    def _tenacity_kwargs(self, what: str) -> dict[str, Any]:
+    def _tenacity_kwargs(self, what: str, retry_on: frozenset[str] | None = None) -> dict[str, Any]:
         counts: Counter[str] = Counter()
         counted: set[int] = set()
         started = time.monotonic()
@@ -184,15 +186,20 @@ class RetryPolicy:
             log.warning("%s; retrying in %.1f s (try %d of %s)", exc, pause, state.attempt_number + 1, what)
 
         return {
-            "retry": tenacity.retry_if_exception_type(TransientError),
+            "retry": tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, TransientError) and (retry_on is None or exc.kind in retry_on)
+            ),
             "stop": stop,
             "wait": wait,
             "before_sleep": before_sleep,
             "reraise": True,
         }
 
-    def retrying(self, what: str, sleep: Callable[[float], None] | None = None) -> tenacity.Retrying:
-        kwargs = self._tenacity_kwargs(what)
+    def retrying(
+        self, what: str, sleep: Callable[[float], None] | None = None, retry_on: frozenset[str] | None = None
+    ) -> tenacity.Retrying:
+        """``retry_on`` limits which kinds are retried (a create may only be resent when it was surely refused)."""
+        kwargs = self._tenacity_kwargs(what, retry_on)
         if sleep is not None:
             kwargs["sleep"] = sleep
         return tenacity.Retrying(**kwargs)

@@ -238,7 +238,7 @@ class SentinelBatchAsyncClient:
 
     async def get_request(self, request_id: str, api_version: str) -> dict[str, Any]:
         url = api.process_url(self.settings.base_url, api_version, request_id)
-        return await self.call("GET", url, request_id=request_id)
+        return api.expect_object(await self.call("GET", url, request_id=request_id), "GET", url)
 
     async def stop_or_cancel(self, request_id: str, api_version: str) -> None:
         action = "cancel" if api_version == "v1" else "stop"

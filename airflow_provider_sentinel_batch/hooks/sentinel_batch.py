@@ -22,6 +22,7 @@ from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError,
 from airflow_provider_sentinel_batch.models import output_location
 from airflow_provider_sentinel_batch.retry import (
     RECENT_REQUESTS,
+    SURELY_REFUSED,
     RetryPolicy,
     TransientError,
     classify_response,
@@ -157,6 +158,7 @@ class SentinelBatchHook(BaseHook):
         params: dict[str, Any] | None = None,
         json: Any = None,
         request_id: str | None = None,
+        retry_on: frozenset[str] | None = None,
     ) -> Any:
         """One API call with the shared retry policy; returns the decoded JSON body (``None`` for 204)."""
         import requests
@@ -190,7 +192,7 @@ class SentinelBatchHook(BaseHook):
             raise AssertionError("unreachable")  # pragma: no cover
 
         try:
-            for attempt in self.retry_policy.retrying(f"{method} {url}", self._sleep):
+            for attempt in self.retry_policy.retrying(f"{method} {url}", self._sleep, retry_on):
                 with attempt:
                     response = once()
         except TransientError as exc:
@@ -215,7 +217,12 @@ class SentinelBatchHook(BaseHook):
         version = self._version(api_version)
         if validate:
             self.validate_payload(payload, api_version=version)
-        body = self._call("POST", api.process_url(self.settings.base_url, version), json=payload)
+        # Never resent after an ambiguous failure (5xx, connection lost, timeout): the service may have created
+        # the job already, and a second POST would pay twice. Only a 429 surely refused it. Callers that can
+        # find their job again (SentinelBatchCreateOperator searches its tag) handle the rest.
+        body = self._call(
+            "POST", api.process_url(self.settings.base_url, version), json=payload, retry_on=SURELY_REFUSED
+        )
         if not isinstance(body, dict) or not body.get("id"):
             raise SentinelBatchError(f"Create answered without a request id: {body!r:.300}")
         RECENT_REQUESTS.note(body["id"])
@@ -244,7 +251,7 @@ class SentinelBatchHook(BaseHook):
 
     def get_request(self, request_id: str, *, api_version: str | None = None) -> dict[str, Any]:
         url = api.process_url(self.settings.base_url, self._version(api_version), request_id)
-        return self._call("GET", url, request_id=request_id)
+        return api.expect_object(self._call("GET", url, request_id=request_id), "GET", url)
 
     def get_status(self, request_id: str, *, api_version: str | None = None) -> str:
         return str(self.get_request(request_id, api_version=api_version).get("status"))

@@ -531,6 +531,24 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
                 )
         return usable[0] if usable else None
 
+    def _created_despite(self, exc: SentinelBatchError, tag: str) -> dict[str, Any]:
+        """After an ambiguous create failure (answer lost, 5xx), the job may exist: find it by its tag."""
+        from airflow_provider_sentinel_batch.retry import is_transient
+
+        if not (self.reuse_existing and is_transient(exc)):
+            raise exc
+        for pause in (0.0, 5.0, 15.0):  # the service's list lags its writes by a few seconds
+            time.sleep(pause)
+            existing = self._find_existing(tag)
+            if existing is not None:
+                self.log.warning(
+                    "Create failed ambiguously (%s) but the service had created request %s: using it",
+                    exc,
+                    existing.get("id"),
+                )
+                return existing
+        raise exc
+
     def execute(self, context: Context) -> str:
         tag = idempotency_tag(context)
         payload = self._build_payload(tag)
@@ -549,7 +567,10 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
                 return request_id
         if self.validate:
             self.hook.validate_payload(payload)
-        created = self.hook.create_request(self._with_bucket_credentials(payload), validate=False)
+        try:
+            created = self.hook.create_request(self._with_bucket_credentials(payload), validate=False)
+        except SentinelBatchError as exc:
+            created = self._created_despite(exc, tag)
         request_id = str(created["id"])
         # push before anything else can fail: a retry must be able to find this job
         context["ti"].xcom_push(key="created_at", value=time.time())

@@ -452,11 +452,6 @@ def test_task_retry_after_worker_crash_right_after_create(
     assert_recovered(result, stats, version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 7): the hook retries POST /process after an ambiguous failure (connection lost, "
-    "5xx, timeout) without first looking for the job by its tag, so a lost create response pays twice",
-)
 @pytest.mark.sentinel_batch_emulator(time_scale=200)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_create_response_lost_after_the_service_created_the_job(

@@ -428,11 +428,6 @@ def test_token_endpoint_without_a_token(conn_env, requests_mock, body):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 7): a 200 answer with an empty or non-object body to GET a request is returned as "
-    "None/list, and the operators/sensor/trigger then fail with \"'NoneType' object has no attribute 'get'\"",
-)
 @pytest.mark.parametrize("body", ["", "[1, 2]"], ids=["empty", "json-list"])
 def test_status_answer_that_is_not_a_request_object(hook, requests_mock, body):
     requests_mock.get(f"{V1}/process/{RID}", text=body)

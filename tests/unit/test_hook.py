@@ -557,3 +557,21 @@ def test_token_cache_counts_fetches(hook, requests_mock):
     requests_mock.get(f"{V1}/process/{RID}", json={"id": RID})
     hook.get_request(RID)
     assert sum(TOKEN_CACHE.fetches.values()) == 1
+
+
+def test_create_is_resent_only_when_surely_refused(hook, requests_mock):
+    requests_mock.get(f"{V1}/tilinggrids", json=GRIDS)
+    route = requests_mock.post(
+        f"{V1}/process",
+        [
+            {"status_code": 429, "headers": {"Retry-After": "10"}},
+            {"status_code": 201, "json": {"id": RID, "status": "CREATED"}},
+        ],
+    )
+    assert hook.create_request(v1_payload())["id"] == RID
+    assert route.call_count == 2  # a 429 means the service did not create anything: resent
+    route = requests_mock.post(f"{V1}/process", status_code=503)
+    with pytest.raises(SentinelBatchAPIError) as exc:
+        hook.create_request(v1_payload())
+    assert route.call_count == 1  # a 5xx may hide a created job: never resent blindly
+    assert exc.value.status == 503 and getattr(exc.value, "retries_exhausted", False)
