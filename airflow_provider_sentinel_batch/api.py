@@ -103,3 +103,12 @@ class Pages:
         else:
             self.done = True
         return items
+
+
+def count_by_status(items: Any) -> dict[str, int]:
+    """Tiles (or any items) per ``status``: the progress/summary figure both transports report."""
+    counts: dict[str, int] = {}
+    for item in items:
+        status = str(item.get("status"))
+        counts[status] = counts.get(status, 0) + 1
+    return counts

@@ -248,10 +248,8 @@ class SentinelBatchAsyncClient:
     async def count_tiles(self, request_id: str) -> dict[str, int]:
         """v1: tiles per status (one paginated listing; used on status changes only, not every poll)."""
         pages = api.Pages(api.process_url(self.settings.base_url, "v1", request_id, "tiles"))
-        counts: dict[str, int] = {}
+        tiles: list[dict[str, Any]] = []
         while not pages.done:
             body = await self.call("GET", pages.url, params=pages.params, request_id=request_id)
-            for tile in pages.advance(body):
-                status = str(tile.get("status"))
-                counts[status] = counts.get(status, 0) + 1
-        return counts
+            tiles += pages.advance(body)
+        return api.count_by_status(tiles)

@@ -329,6 +329,10 @@ class SentinelBatchHook(BaseHook):
     def list_tiles(self, request_id: str, **kwargs: Any) -> list[dict[str, Any]]:
         return list(self.iter_tiles(request_id, **kwargs))
 
+    def count_tiles(self, request_id: str) -> dict[str, int]:
+        """v1: tiles per status (one paginated listing)."""
+        return api.count_by_status(self.iter_tiles(request_id))
+
     def get_tile(self, request_id: str, tile_id: int) -> dict[str, Any]:
         url = api.process_url(self.settings.base_url, "v1", request_id, f"tiles/{int(tile_id)}")
         return self._call("GET", url, request_id=request_id)

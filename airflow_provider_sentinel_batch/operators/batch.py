@@ -341,10 +341,7 @@ class _WaitsForBatch(BaseOperator):
 
     def _count_tiles(self, request_id: str) -> dict[str, int] | None:
         try:
-            counts: dict[str, int] = {}
-            for tile in self.hook.iter_tiles(request_id):
-                counts[str(tile.get("status"))] = counts.get(str(tile.get("status")), 0) + 1
-            return counts
+            return self.hook.count_tiles(request_id)
         except Exception as exc:
             self.log.warning("Could not count tiles of %s: %s", request_id, exc)
             return None
