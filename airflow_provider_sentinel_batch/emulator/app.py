@@ -200,6 +200,14 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"data": items[offset : offset + count], "links": links}
 
 
+async def _create_delay(st: EmulatorState) -> None:
+    """The ``create_delay_ms`` fault: the create call waits before the job exists (other calls go on)."""
+    delay = st.faults.faults.create_delay_ms
+    if delay:
+        st.faults.count("create_delay")
+        await asyncio.sleep(delay / 1000.0)
+
+
 def _no_content() -> Response:
     return Response(status_code=204)
 
@@ -310,6 +318,7 @@ def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
 
     async def create(request: Request) -> Response:
         payload = await read_payload(request)
+        await _create_delay(st)
         return JSONResponse(st.create(1, payload, _overrides(request)), 201)
 
     async def list_(request: Request) -> Response:
@@ -395,6 +404,7 @@ def _v2_routes(app: FastAPI, st: EmulatorState) -> None:
 
     async def create(request: Request) -> Response:
         payload = await read_payload(request)
+        await _create_delay(st)
         return JSONResponse(st.create(2, payload, _overrides(request)), 201)
 
     async def list_(request: Request) -> Response:

@@ -129,3 +129,27 @@ def test_faults_via_control_plane(api: Api, emu: EmulatorServer) -> None:
     assert bad.status_code == 400
     assert "rate_429" in bad.json()["error"]["message"]
     assert requests.post(url, json={"nope": 1}, timeout=5).status_code == 400
+
+
+def test_create_delay_holds_the_job_back_until_the_answer(api: Api, emu: EmulatorServer) -> None:
+    import threading
+
+    from tests.seed import seed_payload
+
+    emu.set_faults(create_delay_ms=400)
+    payload = seed_payload("bucket")
+    answers: list[int] = []
+    creating = threading.Thread(
+        target=lambda: answers.append(api.post("/api/v1/batch/process", json=payload).status_code)
+    )
+    start = time.monotonic()
+    creating.start()
+    time.sleep(0.15)
+    listed_meanwhile = api.get("/api/v1/batch/process").json()["data"]  # other calls are not held up
+    assert time.monotonic() - start < 0.4
+    creating.join(5)
+    assert answers == [201] and time.monotonic() - start >= 0.4
+    assert listed_meanwhile == [] and len(api.get("/api/v1/batch/process").json()["data"]) == 1
+    assert emu.stats()["faults_injected"]["create_delay"] == 1
+    with pytest.raises(ValueError, match="negative"):
+        emu.set_faults(create_delay_ms=-1)
