@@ -44,7 +44,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Sentinel Hub Batch Processing",
-                "python-modules": ["airflow_provider_sentinel_batch.triggers.batch"],
+                "python-modules": [
+                    "airflow_provider_sentinel_batch.triggers.batch",
+                    "airflow_provider_sentinel_batch.triggers.events",
+                ],
             }
         ],
         "extra-links": [

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -244,6 +244,22 @@ class SentinelBatchAsyncClient:
         action = "cancel" if api_version == "v1" else "stop"
         url = api.process_url(self.settings.base_url, api_version, request_id, action)
         await self.call("POST", url, request_id=request_id)
+
+    async def iter_requests(
+        self,
+        api_version: str,
+        *,
+        search: str | None = None,
+        sort: str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The account's requests (the list endpoint), page by page; every page call has the retry policy."""
+        params = {k: v for k, v in {"search": search, "sort": sort, "count": page_size}.items() if v}
+        pages = api.Pages(api.process_url(self.settings.base_url, api_version), params)
+        while not pages.done:
+            body = await self.call("GET", pages.url, params=pages.params)
+            for item in pages.advance(body):
+                yield item
 
     async def count_tiles(self, request_id: str) -> dict[str, int]:
         """v1: tiles per status (one paginated listing; used on status changes only, not every poll)."""
