@@ -8,9 +8,12 @@ in DAG literals, and the task graphs documented in each DAG's docstring.
 from __future__ import annotations
 
 import ast
+import shutil
 import socket
+import tempfile
 import time
 from datetime import UTC
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,17 @@ EXPECTED = {
 }
 # Examples without a batch task of their own (tests/integration/test_assets_emulator.py runs them end to end)
 OTHER_EXAMPLES = {"downstream_corsica_ndvi_report"}
+AIRFLOW_2 = version("apache-airflow").startswith("2.")
+# The event-driven pair: its consumer is scheduled by an asset watcher, which exists from Airflow 3 on.
+EVENT_PAIR = {
+    "event_producer_corsica_v2": {"create": {"start"}, "start": set()},
+    "event_consumer_corsica_ndvi": {"report": set()},
+}
+EVENT_FILES = {f"{dag_id}.py" for dag_id in EVENT_PAIR}
+NEEDS_AIRFLOW_3 = pytest.mark.skipif(
+    AIRFLOW_2,
+    reason="event-driven scheduling (asset watchers) needs Airflow 3; Airflow 2.11 does not parse the pair",
+)
 
 
 def _parse(folder: Path) -> Any:
@@ -71,10 +85,12 @@ def _parse(folder: Path) -> Any:
         from airflow.dag_processing.dagbag import DagBag
 
         return DagBag(dag_folder=str(folder))
-    except ImportError:  # Airflow 2.11
+    except ImportError:  # Airflow 2.11, without the event-driven pair (Airflow 3 only)
         from airflow.models.dagbag import DagBag as DagBag2
 
-        return DagBag2(dag_folder=str(folder), include_examples=False)
+        copy = Path(tempfile.mkdtemp(prefix="sentinel-batch-dags-")) / "dags"
+        shutil.copytree(folder, copy, ignore=lambda _dir, names: [n for n in names if n in EVENT_FILES])
+        return DagBag2(dag_folder=str(copy), include_examples=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +120,35 @@ def test_no_import_errors(dagbag):
 
 
 def test_every_example_dag_is_there(dagbag):
-    assert set(dagbag.dag_ids) == set(EXPECTED) | OTHER_EXAMPLES
+    expected = set(EXPECTED) | OTHER_EXAMPLES | (set() if AIRFLOW_2 else set(EVENT_PAIR))
+    assert set(dagbag.dag_ids) == expected
+
+
+@NEEDS_AIRFLOW_3
+@pytest.mark.parametrize("dag_id", sorted(EVENT_PAIR))
+def test_event_driven_pair_task_graph(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert {task.task_id: set(task.downstream_task_ids) for task in dag.tasks} == EVENT_PAIR[dag_id]
+    assert dag.tags and "example" in dag.tags and "event-driven" in dag.tags
+    assert dag.doc_md
+    # no task waits for the job: the producer ends once the job is started
+    assert not [t for t in dag.tasks if type(t).__name__ == "SentinelBatchSensor"]
+
+
+@NEEDS_AIRFLOW_3
+def test_event_consumer_is_scheduled_by_a_watcher_of_the_producers_jobs(dagbag):
+    from airflow_provider_sentinel_batch.triggers.events import SentinelBatchEventTrigger
+
+    condition = dagbag.dags["event_consumer_corsica_ndvi"].timetable.asset_condition
+    (asset,) = getattr(condition, "objects", [condition])
+    (watcher,) = asset.watchers
+    trigger = watcher.trigger
+    assert isinstance(trigger, SentinelBatchEventTrigger)
+    assert trigger.api_version == "v2" and trigger.statuses == ["DONE"] and trigger.tag
+    create = dagbag.dags["event_producer_corsica_v2"].get_task("create")
+    assert trigger.tag in create.description and create.api_version == "v2"
+    assert create.bucket_conn_id == "sentinel_batch_bucket"
+    assert _evalscript(create) == EVALSCRIPT
 
 
 def test_parsing_is_cheap(dagbag):
@@ -124,7 +168,10 @@ def test_task_graph(dagbag, dag_id):
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_portable_imports_only(dag_file):
     """Airflow 2.11 and 3.x: classes from the compat SDK (or a guarded fallback), nothing from airflow.models."""
+    # the event-driven consumer is Airflow 3 only: AssetWatcher from the Task SDK
+    airflow_3_only = ("airflow.sdk",) if dag_file.name in EVENT_FILES else ()
     allowed = (
+        *airflow_3_only,
         "airflow.providers.common.compat.sdk",
         "airflow.timetables.trigger",
         "airflow.providers.standard.sensors.date_time",
