@@ -277,6 +277,9 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
     :param catch_up: see ``since``; also, without persisted state, how far back a restarted watcher reports
         again (at-least-once).
     :param max_remembered: bound of the reported-id memory (the state stays a few dozen KB).
+    :param share_poll: take part in the shared list poll of this connection (Airflow 3.3+). A shared poll lists
+        every request of the window (the watchers' filters apply afterwards); a lone watcher with a narrow
+        ``search`` on a large account makes fewer calls with ``share_poll=False`` (the service filters).
     """
 
     def __init__(
@@ -294,6 +297,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         catch_up: float = 3600.0,
         max_remembered: int = 1000,
         retry_policy: dict[str, Any] | None = None,
+        share_poll: bool = True,
     ) -> None:
         super().__init__()
         if api_version not in WATCHABLE:
@@ -321,6 +325,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         self.catch_up = float(catch_up)
         self.max_remembered = int(max_remembered)
         self.retry_policy = retry_policy
+        self.share_poll = bool(share_poll)
         self._state: WatchState | None = None
         self._store: Any = None
         self._watermark: float | None = None
@@ -342,12 +347,15 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
                 "catch_up": self.catch_up,
                 "max_remembered": self.max_remembered,
                 "retry_policy": self.retry_policy,
+                "share_poll": self.share_poll,
             },
         )
 
     # ----------------------------------------------------------------------------------- shared stream
     def shared_stream_key(self) -> Hashable | None:
         """Watchers with equal connection, API version, interval, window and retry policy share one poll."""
+        if not self.share_poll:
+            return None
         return (
             "sentinel_batch.events",
             self.conn_id,

@@ -221,6 +221,7 @@ def test_shared_stream_key_ignores_filters_but_not_the_connection():
     assert a != watcher(api_version="v1").shared_stream_key()
     assert a != watcher(poll_interval=30).shared_stream_key()
     hash(a)
+    assert watcher(share_poll=False).shared_stream_key() is None  # its own poll, searched by the service
     assert watcher(search="a").state_key() != watcher(search="b").state_key()
 
 
