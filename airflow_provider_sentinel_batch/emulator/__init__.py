@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_TIME_SCALE, FAST_TIME_SCALE, EmulatorConfig, FaultConfig
+from .config import DEFAULT_TIME_SCALE, FAST_TIME_SCALE, EmulatorConfig, FaultConfig, S3Delivery
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -29,6 +29,7 @@ __all__ = [
     "EmulatorServer",
     "EmulatorState",
     "FaultConfig",
+    "S3Delivery",
     "create_app",
 ]
 

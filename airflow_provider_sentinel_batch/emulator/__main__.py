@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TIME_SCALE, EmulatorConfig, FaultConfig
+from .config import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_TIME_SCALE,
+    EmulatorConfig,
+    FaultConfig,
+    S3Delivery,
+)
+
+S3_POLICY_ACCESS_KEY_ENV = "SENTINEL_BATCH_EMULATOR_S3_ACCESS_KEY"
+S3_POLICY_SECRET_KEY_ENV = "SENTINEL_BATCH_EMULATOR_S3_SECRET_KEY"
 
 # CLI flag → FaultConfig field
 FAULT_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -65,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"emulated seconds per real second (default {DEFAULT_TIME_SCALE:g}: Corsica job ~25 s)",
     )
     p.add_argument("--data-dir", default=None, help="where bucket outputs are written (default: a temp dir)")
+    p.add_argument(
+        "--s3-endpoint-url",
+        default=None,
+        help="deliver outputs into this S3-compatible server instead of --data-dir (v2 with the request's keys; "
+        f"v1 with the keys in ${S3_POLICY_ACCESS_KEY_ENV} / ${S3_POLICY_SECRET_KEY_ENV}, a bucket-policy stand-in)",
+    )
+    p.add_argument("--s3-region", default="us-east-1", help="region of the S3 server (default us-east-1)")
     p.add_argument("--seed", type=int, default=0, help="seed for ids, tile failures and faults")
     p.add_argument(
         "--pu-budget", type=float, default=None, help="processing units on the account (v2 OUT_OF_PU)"
@@ -81,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault-429-no-retry-after", action="store_true", help="send 429 without Retry-After"
     )
     return p
+
+
+def s3_from_args(args: argparse.Namespace) -> S3Delivery | None:
+    """S3 delivery from the flags; the bucket-policy keys come from the environment (never the command line)."""
+    if not args.s3_endpoint_url:
+        return None
+    return S3Delivery(
+        endpoint_url=args.s3_endpoint_url,
+        region=args.s3_region,
+        policy_access_key=os.environ.get(S3_POLICY_ACCESS_KEY_ENV) or None,
+        policy_secret_key=os.environ.get(S3_POLICY_SECRET_KEY_ENV) or None,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -106,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         state_file=args.state_file,
         log_level=args.log_level,
         access_log=args.access_log,
+        s3=s3_from_args(args),
     )
 
 

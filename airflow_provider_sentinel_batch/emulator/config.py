@@ -103,6 +103,41 @@ class FaultConfig:
         return new
 
 
+@dataclass(frozen=True)
+class BucketKeys:
+    """An S3 access key pair; the secret never shows in ``repr``."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+
+
+@dataclass
+class S3Delivery:
+    """Deliver outputs into an S3-compatible server at ``endpoint_url`` instead of ``data_dir``.
+
+    v2 requests write with their own ``output.delivery.s3`` keys. ``policy_access_key``/``policy_secret_key``
+    stand in for what a bucket policy grants the service: v1 requests (which carry no keys) and v2 requests with
+    an ``iamRoleARN`` write with them; without them such requests are refused when S3 delivery is on.
+    """
+
+    endpoint_url: str
+    region: str = "us-east-1"
+    policy_access_key: str | None = None
+    policy_secret_key: str | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        if not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"s3 endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
+        if bool(self.policy_access_key) != bool(self.policy_secret_key):
+            raise ValueError("policy_access_key and policy_secret_key go together")
+
+    @property
+    def policy_keys(self) -> BucketKeys | None:
+        if self.policy_access_key and self.policy_secret_key:
+            return BucketKeys(self.policy_access_key, self.policy_secret_key)
+        return None
+
+
 @dataclass
 class EmulatorConfig:
     """How to run one emulator instance (see ``docs/emulator.md``)."""
@@ -129,7 +164,10 @@ class EmulatorConfig:
     """Identity realm whose tokens the API accepts (``"main"`` = Sentinel Hub, ``"CDSE"``); ``None`` accepts
     tokens from every token endpoint. Set it to emulate a wrong-deployment connection (CDSE token, SH API)."""
     state_file: str | Path | None = None
-    """JSON file to load jobs from at start and save them to on changes and at stop."""
+    """JSON file to load jobs from at start and save them to on changes and at stop (bucket keys are never
+    saved: after a restart, jobs that wrote over S3 with their request's keys deliver nothing more)."""
+    s3: S3Delivery | None = None
+    """Deliver outputs into this S3-compatible server instead of ``data_dir``."""
     log_level: str = "warning"
     access_log: bool = False
 
@@ -147,6 +185,8 @@ class EmulatorConfig:
         if self.realm not in (None, "main", "CDSE"):
             raise ValueError(f"realm must be 'main', 'CDSE' or None, got {self.realm!r}")
         self.faults.validate()
+        if self.s3 is not None:
+            self.s3.validate()
         if not self.allow_remote_bind and not is_loopback_host(self.host):
             raise ValueError(
                 f"refusing to bind the emulator to non-loopback host {self.host!r}: it accepts fixed, "

@@ -1,20 +1,29 @@
-"""Bucket outputs on local disk: ``s3://bucket/key`` → ``<data_dir>/bucket/key``.
+"""Bucket outputs: on local disk (``s3://bucket/key`` → ``<data_dir>/bucket/key``) or in an S3-compatible server.
 
 Files are tiny placeholders (a valid 1x1 TIFF, ``{}`` for JSON, a zarr group marker) so DAGs
 that check "did the outputs land" work without gigabytes. v2 also gets ``execution-<id>.sqlite`` with the
 documented ``features`` table and, after analysis, ``featureManifest-<id>.gpkg`` (plain SQLite).
+
+With an S3 endpoint (:class:`S3Delivery`) every object goes through the S3 API, signed with the credentials of
+the request (v2 ``output.delivery.s3.accessKey``/``secretAccessKey``) or with the keys standing in for a bucket
+policy (v1, and v2 ``iamRoleARN``). No file or object the emulator writes holds a credential
+(:func:`without_credentials`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import struct
+import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import BucketKeys, S3Delivery
 from .validation import FORMATS, PLACEHOLDERS
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+@,-]")
@@ -73,6 +82,14 @@ def output_root(template: str, request_id: str) -> str:
     return head.rsplit("/", 1)[0] if "/" in head[len("s3://") :] else head.rstrip("/")
 
 
+def zarr_root(template: str, request_id: str) -> str:
+    """Where a zarr group goes: ``<url>/<requestId>`` for a plain prefix (a subfolder named after the request,
+    as the docs say), else the URL with ``<requestId>`` filled."""
+    if "<requestId>" not in template:
+        return template.rstrip("/") + "/" + request_id
+    return template.replace("<requestId>", request_id)
+
+
 def tile_urls(
     template: str, request_id: str, tile_name: str, tile_id: int, responses: Iterable[Sequence[str]]
 ) -> list[tuple[str, str]]:
@@ -87,28 +104,6 @@ def tile_urls(
         )
         urls.append((url, fmt))
     return urls
-
-
-def write_placeholder(path: Path, fmt: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "application/json":
-        path.write_text("{}\n")
-    else:
-        path.write_bytes(TIFF_BYTES)
-
-
-def write_zarr_group(root: Path, identifiers: Iterable[str]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
-    for ident in identifiers:
-        arr = root / _SAFE.sub("_", ident)
-        arr.mkdir(parents=True, exist_ok=True)
-        (arr / ".zarray").write_text(json.dumps({"zarr_format": 2, "emulated": True}))
-
-
-def write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
 
 
 def write_execution_db(path: Path, rows: list[tuple[int, str, str, str | None, bool]]) -> None:
@@ -151,3 +146,163 @@ def write_feature_manifest(path: Path, rows_by_crs: dict[int, list[tuple[Any, ..
 def polygon_wkt(geometry: dict[str, Any]) -> str:
     ring = geometry.get("coordinates", [[]])[0]
     return "POLYGON ((" + ", ".join(f"{x} {y}" for x, y in ring) + "))"
+
+
+# ------------------------------------------------------------------------------------------- credentials
+CREDENTIAL_FIELDS = frozenset({"accessKey", "secretAccessKey"})
+
+
+def without_credentials(value: Any) -> Any:
+    """A deep copy of ``value`` with every ``accessKey``/``secretAccessKey`` removed (what files may hold)."""
+    if isinstance(value, dict):
+        return {k: without_credentials(v) for k, v in value.items() if k not in CREDENTIAL_FIELDS}
+    if isinstance(value, list):
+        return [without_credentials(v) for v in value]
+    return value
+
+
+def request_keys(body: Any) -> BucketKeys | None:
+    """The delivery credentials of a v2 request (``output.delivery.s3``), if it carries a key pair."""
+    try:
+        s3 = body["output"]["delivery"]["s3"]
+        access, secret = s3.get("accessKey"), s3.get("secretAccessKey")
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if isinstance(access, str) and isinstance(secret, str) and access and secret:
+        return BucketKeys(access, secret)
+    return None
+
+
+# ----------------------------------------------------------------------------------------- object bytes
+def placeholder_bytes(fmt: str) -> bytes:
+    return b"{}\n" if fmt == "application/json" else TIFF_BYTES
+
+
+def _sqlite_bytes(fill: Any) -> bytes:
+    """Build an SQLite database with ``fill(path)`` in a temp file and return its bytes."""
+    with tempfile.TemporaryDirectory(prefix="sentinel-batch-emulator-db-") as tmp:
+        path = Path(tmp) / "db.sqlite"
+        fill(path)
+        return path.read_bytes()
+
+
+def execution_db_bytes(rows: list[tuple[int, str, str, str | None, bool]]) -> bytes:
+    return _sqlite_bytes(lambda path: write_execution_db(path, rows))
+
+
+def feature_manifest_bytes(rows_by_crs: dict[int, list[tuple[Any, ...]]]) -> bytes:
+    return _sqlite_bytes(lambda path: write_feature_manifest(path, rows_by_crs))
+
+
+def zarr_objects(identifiers: Iterable[str]) -> dict[str, bytes]:
+    """Relative key → bytes of the zarr group skeleton (``.zgroup`` and one ``.zarray`` per output)."""
+    objects = {".zgroup": json.dumps({"zarr_format": 2}).encode()}
+    for ident in identifiers:
+        objects[f"{_SAFE.sub('_', ident)}/.zarray"] = json.dumps(
+            {"zarr_format": 2, "emulated": True}
+        ).encode()
+    return objects
+
+
+# --------------------------------------------------------------------------------------------- S3 delivery
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → (``bucket``, ``a/b``)."""
+    rest = url[len("s3://") :] if url.startswith("s3://") else url
+    bucket, _, key = rest.partition("/")
+    return bucket, key.lstrip("/")
+
+
+class DeliveryError(Exception):
+    """The S3 server refused a write: ``code`` is the S3 error code (``NoSuchBucket``, ``AccessDenied``, ...)."""
+
+    def __init__(self, bucket: str, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.bucket = bucket
+        self.code = code
+        self.message = message
+
+    def describe(self) -> str:
+        """What the service says: the bucket, the S3 error code and its message (never a key)."""
+        if self.code == "NoSuchBucket":
+            return f"Bucket {self.bucket} does not exist."
+        if self.code == "NoCredentials":
+            return f"No credentials to write to bucket {self.bucket}: {self.message}"
+        return f"Cannot write to bucket {self.bucket}: access denied ({self.code}: {self.message})"
+
+
+class S3Writer:
+    """Puts objects through the S3 API (botocore, from the ``s3`` extra), one client per key pair."""
+
+    def __init__(self, config: S3Delivery) -> None:
+        self.config = config
+        self._clients: dict[BucketKeys, Any] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, keys: BucketKeys) -> Any:
+        with self._lock:
+            client = self._clients.get(keys)
+            if client is None:
+                try:
+                    import botocore.session
+                    from botocore.config import Config
+                except ImportError as exc:  # pragma: no cover - depends on the installed extras
+                    raise RuntimeError(
+                        "S3 delivery needs botocore: pip install 'airflow-provider-sentinel-batch[emulator,s3]'"
+                    ) from exc
+                client = botocore.session.get_session().create_client(
+                    "s3",
+                    endpoint_url=self.config.endpoint_url,
+                    region_name=self.config.region,
+                    aws_access_key_id=keys.access_key,
+                    aws_secret_access_key=keys.secret_key,
+                    config=Config(
+                        retries={"max_attempts": 2, "mode": "standard"},
+                        connect_timeout=5,
+                        read_timeout=30,
+                        s3={"addressing_style": "path"},
+                    ),
+                )
+                self._clients[keys] = client
+            return client
+
+    def _call(self, bucket: str, keys: BucketKeys | None, method: str, **kwargs: Any) -> Any:
+        if keys is None:
+            raise DeliveryError(
+                bucket,
+                "NoCredentials",
+                "the request has no accessKey/secretAccessKey and no bucket policy applies",
+            )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client(keys), method)(Bucket=bucket, **kwargs)
+        except ClientError as exc:
+            err = exc.response.get("Error") or {}
+            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            if code == "404":
+                code = "NoSuchBucket"
+            elif code == "403":
+                code = "AccessDenied"
+            message = str(err.get("Message") or "").replace(keys.secret_key, "***")
+            raise DeliveryError(bucket, code, message or code) from None
+        except BotoCoreError as exc:
+            raise DeliveryError(
+                bucket, type(exc).__name__, str(exc).replace(keys.secret_key, "***")
+            ) from None
+
+    def put(self, url: str, data: bytes, keys: BucketKeys | None) -> None:
+        bucket, key = split_s3_url(url)
+        self._call(bucket, keys, "put_object", Key=key, Body=data)
+
+    def check_bucket(self, url: str, keys: BucketKeys | None) -> None:
+        """HeadBucket: the bucket exists and these keys may use it (the bucket-policy check of v1)."""
+        bucket, _ = split_s3_url(url)
+        self._call(bucket, keys, "head_bucket")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a local object atomically (readers never see half a database)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -214,6 +214,10 @@ class EmulatorServer:
         """The one line the CLI prints at start."""
         return (
             f"Sentinel Hub Batch emulator ready: base_url={self.base_url} token_url={self.token_url} "
-            f"client_id={self.client_id} client_secret={self.client_secret} data_dir={self.data_dir} "
+            f"client_id={self.client_id} client_secret={self.client_secret} {self._outputs_at()} "
             f"AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT='{self.airflow_conn_json()}'"
         )
+
+    def _outputs_at(self) -> str:
+        s3 = self.state.config.s3
+        return f"s3_endpoint_url={s3.endpoint_url}" if s3 is not None else f"data_dir={self.data_dir}"

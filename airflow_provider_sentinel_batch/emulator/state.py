@@ -26,7 +26,7 @@ from typing import Any
 
 from . import outputs as out
 from .auth import TokenIssuer
-from .config import EmulatorConfig, FaultConfig
+from .config import BucketKeys, EmulatorConfig, FaultConfig, S3Delivery
 from .errors import ApiError, bad_payload, not_found
 from .faults import FaultInjector
 from .grids import GRIDS
@@ -90,11 +90,15 @@ def search_matches(text: str, search: str | None) -> bool:
 
 
 class OutputWriter:
-    """Writes a job's bucket outputs under ``data_dir`` as the job progresses."""
+    """Writes a job's bucket outputs as the job progresses: under ``data_dir``, or over the S3 API when the
+    emulator has an S3 endpoint (then with the request's own keys, or the bucket-policy stand-in keys)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, s3: S3Delivery | None = None) -> None:
         self.data_dir = data_dir
         self.created_buckets: set[Path] = set()
+        self.s3 = out.S3Writer(s3) if s3 is not None else None
+        self.keys: dict[str, BucketKeys | None] = {}  # job id -> delivery keys; memory only, never saved
+        self._warned: set[tuple[str, str]] = set()
 
     def local(self, url: str) -> Path:
         """Local path of an ``s3://`` URL; remembers bucket dirs this emulator created (reset removes them)."""
@@ -109,14 +113,49 @@ class OutputWriter:
             shutil.rmtree(bucket, ignore_errors=True)
         self.created_buckets.clear()
 
-    def _root(self, job: Job) -> Path:
+    def _root_url(self, job: Job) -> str:
         if job.output_kind == "zarr":
-            return self.local(out.expand_template(job.output_url, job.id).replace("<", "_"))
-        return self.local(out.output_root(job.output_url, job.id))
+            root = out.zarr_root(job.output_url, job.id)
+        else:
+            root = out.output_root(job.output_url, job.id)
+        return root.rstrip("/") + "/"
+
+    def _put(self, job: Job, url: str, data: bytes) -> None:
+        if self.s3 is None:
+            out.write_bytes(self.local(url), data)
+        else:
+            self.s3.put(url, data, self.keys.get(job.id))
+
+    def _deliver(self, job: Job, url: str, data: bytes) -> bool:
+        """Put one object; a refusal while the job runs is logged (once per job and error), not raised."""
+        try:
+            self._put(job, url, data)
+            return True
+        except out.DeliveryError as exc:
+            if (job.id, exc.code) not in self._warned:
+                self._warned.add((job.id, exc.code))
+                log.warning("job %s: output not delivered: %s", job.id, exc.describe())
+            return False
 
     def created(self, job: Job) -> None:
-        if job.api == 2 and job.output_url:
-            out.write_json(self._root(job) / f"request-{job.id}.json", job.body)
+        """At create: check the bucket (S3) and write the request copy (v2), without credentials.
+
+        Raises :class:`outputs.DeliveryError` when the bucket cannot be written; the job is then not created.
+        """
+        if not job.output_url:
+            return
+        if self.s3 is not None:
+            keys = out.request_keys(job.body) if job.api == 2 else None
+            self.keys[job.id] = keys or self.s3.config.policy_keys
+        try:
+            if self.s3 is not None and job.api == 1:
+                self.s3.check_bucket(self._root_url(job), self.keys.get(job.id))
+            if job.api == 2:
+                copy_ = json.dumps(out.without_credentials(job.body), indent=2).encode()
+                self._put(job, self._root_url(job) + f"request-{job.id}.json", copy_)
+        except out.DeliveryError:
+            self.keys.pop(job.id, None)
+            raise
 
     def analysis_done(self, job: Job) -> None:
         if job.api != 2 or not job.output_url:
@@ -138,7 +177,8 @@ class OutputWriter:
                         out.polygon_wkt(tile.geometry),
                     )
                 )
-        out.write_feature_manifest(self._root(job) / f"featureManifest-{job.id}.gpkg", rows)
+        name = f"featureManifest-{job.id}.gpkg"
+        self._deliver(job, self._root_url(job) + name, out.feature_manifest_bytes(rows))
 
     def sync(self, job: Job, now: float) -> None:
         if not job.output_url:
@@ -150,7 +190,7 @@ class OutputWriter:
                     continue
                 if tile.end_at <= now:
                     for url, fmt in out.tile_urls(job.output_url, job.id, tile.name, tile.id, job.responses):
-                        out.write_placeholder(self.local(url), fmt)
+                        self._deliver(job, url, out.placeholder_bytes(fmt))
                     tile.written = True
                 else:
                     upcoming = min(upcoming, tile.end_at)
@@ -160,7 +200,9 @@ class OutputWriter:
             and job.status in {"DONE", "PARTIAL"}
             and "zarr" not in job.extra_outputs_written
         ):
-            out.write_zarr_group(self._root(job), [r[0] for r in job.responses])
+            root = self._root_url(job)
+            for rel, data in out.zarr_objects(r[0] for r in job.responses).items():
+                self._deliver(job, root + rel, data)
             job.extra_outputs_written.append("zarr")
         if job.api == 2 and job.analysed:
             finished = job.finished_tiles(now)
@@ -176,7 +218,8 @@ class OutputWriter:
                         "Processing of the feature failed (emulated failure)." if feature == "FATAL" else None
                     )
                     rows.append((tile.id, tile.name, feature, error, feature == "DONE"))
-                out.write_execution_db(self._root(job) / f"execution-{job.id}.sqlite", rows)
+                name = f"execution-{job.id}.sqlite"
+                self._deliver(job, self._root_url(job) + name, out.execution_db_bytes(rows))
                 job.db_signature = signature
 
 
@@ -196,7 +239,7 @@ class EmulatorState:
             self.data_dir = Path(config.data_dir).expanduser().resolve()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.owns_data_dir = False
-        self.outputs = OutputWriter(self.data_dir)
+        self.outputs = OutputWriter(self.data_dir, config.s3)
         self.tokens = TokenIssuer(config.client_id, config.client_secret, config.seed)
         self.faults = FaultInjector(config.faults, config.seed)
         self.user_id = str(uuid.uuid5(_NS, f"user:{config.client_id}"))
@@ -427,9 +470,12 @@ class EmulatorState:
                 user_action_emu=now,
                 last_updated_emu=now,
             )
+            try:
+                self.outputs.created(job)
+            except out.DeliveryError as exc:
+                raise _bucket_refused(api, job.body, exc) from None
             self.jobs[job_id] = job
             self.jobs_created += 1
-            self.outputs.created(job)
             log.info("created v%d job %s with %d tiles", api, job_id, len(job.tiles))
             self.save()
             return self.view(job)
@@ -716,7 +762,8 @@ class EmulatorState:
                 "wall": time.time(),
                 "token_generation": self.tokens.generation,
                 "jobs_created": self.jobs_created,
-                "jobs": [asdict(j) for j in self.jobs.values()],
+                # bucket keys stay in memory: no file the emulator writes holds a credential
+                "jobs": [{**asdict(j), "body": out.without_credentials(j.body)} for j in self.jobs.values()],
                 "collections": self.collections,
                 "pu_budget": self.pu_budget,
             }
@@ -749,6 +796,20 @@ class EmulatorState:
             self.save()
             if self.owns_data_dir:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _bucket_refused(api: int, body: dict[str, Any], exc: out.DeliveryError) -> ApiError:
+    """The service's 400 for a delivery bucket it cannot write (the text names the bucket, never a key)."""
+    if api == 2:
+        parameter = "output->delivery->s3"
+    elif body.get("bucketName") is not None:
+        parameter = "bucketName"
+    elif body.get("zarrOutput") is not None:
+        parameter = "zarrOutput->path"
+    else:
+        parameter = "output->defaultTilePath"
+    message = exc.describe()
+    return bad_payload(message, [{"parameter": parameter, "violation": message}])
 
 
 def _check_rate(name: str, value: float) -> None:
