@@ -198,15 +198,19 @@ async def test_token_expiry_401_refreshes_once(api):
 
 
 async def test_deadline_stops_the_job_when_asked(api):
-    # The job never finishes: every look answers PROCESSING, however many looks fit before the deadline (sleeps
-    # are recorded, not slept, so that number depends on the machine's speed; a finite list of answers ran out).
-    looks = api.get(V2).respond(json={"id": RID, "status": "PROCESSING", "userAction": "START"})
+    # No wall-clock race: the deadline passes during the first look (on a loaded machine, resolving the
+    # connection alone can outlast a deadline set a few milliseconds ahead).
+    t = trigger(deadline=time.time() + 3600, cancel_on_timeout=True, poll_interval=0.01, adaptive=False)
+
+    def processing_until_the_deadline_passes(request):
+        t.deadline = time.time() - 1
+        return httpx.Response(200, json={"id": RID, "status": "PROCESSING", "userAction": "START"})
+
+    looks = api.get(V2).mock(side_effect=processing_until_the_deadline_passes)
     stop = api.post(f"{V2}/stop").respond(204)
-    event = await first_event(
-        trigger(deadline=time.time() + 0.05, cancel_on_timeout=True, poll_interval=0.01, adaptive=False)
-    )
+    event = await first_event(t)
     assert event["status"] == "timeout" and "asked to stop" in event["message"]
-    assert looks.call_count >= 1 and stop.call_count == 1
+    assert looks.call_count == 1 and stop.call_count == 1
 
 
 async def test_deadline_without_cancel_leaves_the_job(api):
