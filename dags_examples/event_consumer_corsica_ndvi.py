@@ -3,16 +3,17 @@
     report
 
 Scheduled on an asset watched by ``SentinelBatchEventTrigger``: the triggerer lists the account's v2 requests
-every ``SENTINEL_BATCH_EVENTS_POLL_INTERVAL`` seconds (default 60; one shared list call per interval for all
-watchers of one connection) and emits one asset event per request with ``[corsica-ndvi-events]`` in its
+every ``SENTINEL_BATCH_EVENTS_POLL_INTERVAL`` seconds (default 60; one shared list poll per interval for
+all watchers of one connection) and emits one asset event per request with ``[corsica-ndvi-events]`` in its
 description that newly reaches DONE — created by ``event_producer_corsica_v2``, the dashboard, or any script.
 A job that stays DONE never fires again; a FAILED or STOPPED job never fires this watcher.
 
 Each run reads its triggering event's payload: ``request_id``, ``output_location``
-(``s3://<bucket>/corsica-ndvi/<requestId>/``), ``status``, ``cost_pu``, ``created``, ``finished``. Events that
-arrive before the scheduler has created the next run (jobs finishing within one poll) come together in one run,
-so the task loops over all of them. Deduplicate on ``request_id`` where a rerun must not repeat work: without
-Airflow 3.3's asset state store, a restarted triggerer reports again what finished within the last hour.
+(``s3://<bucket>/corsica-ndvi/<requestId>/``), ``status``, ``cost_pu``, ``created``, ``finished``. The watcher
+spaces the events of one poll a few seconds apart so that each job gets its own run; a run can still carry
+several events (a slow scheduler), so the task loops over all of them. Deduplicate on ``request_id`` where a
+rerun must not repeat work: without Airflow 3.3's asset state store, a restarted triggerer reports again what
+finished within the last hour.
 
 Needs Airflow 3 (asset watchers); on Airflow 2.11 use ``asset_producer_corsica_v2`` and
 ``downstream_corsica_ndvi_report`` (a task waits for the job and emits the Dataset event).

@@ -280,6 +280,9 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
     :param share_poll: take part in the shared list poll of this connection (Airflow 3.3+). A shared poll lists
         every request of the window (the watchers' filters apply afterwards); a lone watcher with a narrow
         ``search`` on a large account makes fewer calls with ``share_poll=False`` (the service filters).
+    :param event_spacing: seconds between two events of this watcher. Airflow's scheduler leaves an event that
+        arrives while the asset's previous event still waits for its run out of that run (it comes with the
+        run of a later event); spaced events get a run each. ``0`` emits a poll's events at once.
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         max_remembered: int = 1000,
         retry_policy: dict[str, Any] | None = None,
         share_poll: bool = True,
+        event_spacing: float = 5.0,
     ) -> None:
         super().__init__()
         if api_version not in WATCHABLE:
@@ -326,6 +330,8 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         self.max_remembered = int(max_remembered)
         self.retry_policy = retry_policy
         self.share_poll = bool(share_poll)
+        self.event_spacing = max(0.0, float(event_spacing))
+        self._last_event_at = float("-inf")
         self._state: WatchState | None = None
         self._store: Any = None
         self._watermark: float | None = None
@@ -348,6 +354,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
                 "max_remembered": self.max_remembered,
                 "retry_policy": self.retry_policy,
                 "share_poll": self.share_poll,
+                "event_spacing": self.event_spacing,
             },
         )
 
@@ -376,16 +383,33 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
         await self._load()
         async for records in shared_stream:
-            for event in await self._observe(records):
-                yield TriggerEvent(event)
-            await self._save()
+            async for event in self._emit(records):
+                yield event
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Own poll loop (Airflow 3.0-3.2, or when the triggerer does not share streams)."""
         await self._load()
         async for records in self._listings(search=self.search):
-            for event in await self._observe(records):
-                yield TriggerEvent(event)
+            async for event in self._emit(records):
+                yield event
+
+    async def _emit(self, records: list[dict[str, Any]]) -> AsyncIterator[TriggerEvent]:
+        """This listing's events, ``event_spacing`` apart; the state is saved after each one is handed over.
+
+        Spacing: Airflow's scheduler creates one run per queued asset and gives it the asset's events up to
+        when the asset was queued; an event that arrives while the asset waits for that run is left out of it
+        and only delivered with the run of a later event. Events a few seconds apart get a run each.
+        """
+        events = await self._observe(records)
+        for index, event in enumerate(events):
+            wait = self.event_spacing - (time.monotonic() - self._last_event_at)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_event_at = time.monotonic()
+            yield TriggerEvent(event)
+            # handed over: persist, still without the ones not yet emitted (a restart now emits those)
+            await self._save(pending={e["request_id"] for e in events[index + 1 :]})
+        if not events:
             await self._save()
 
     # ----------------------------------------------------------------------------------------- polling
@@ -522,11 +546,13 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         )
         self._saved = json.dumps(self._state.to_json(), sort_keys=True) if stored is not None else None
 
-    async def _save(self) -> None:
-        """Persist the state when it changed (after the events were handed over: at-least-once)."""
+    async def _save(self, pending: set[str] | None = None) -> None:
+        """Persist the state when it changed, minus ``pending`` (events not handed over yet): at-least-once."""
         if self._store is None or self._state is None:
             return
         value = self._state.to_json()
+        if pending:
+            value["reported"] = {k: v for k, v in value["reported"].items() if k not in pending}
         text = json.dumps(value, sort_keys=True)
         if text == self._saved:
             return

@@ -96,7 +96,9 @@ def logs(monkeypatch, caplog):
 
 
 def watcher(**kwargs) -> SentinelBatchEventTrigger:
-    return SentinelBatchEventTrigger(**{"api_version": "v2", "retry_policy": FAST, **kwargs})
+    return SentinelBatchEventTrigger(
+        **{"api_version": "v2", "retry_policy": FAST, "event_spacing": 0, **kwargs}
+    )
 
 
 class Stop(BaseException):
@@ -435,6 +437,42 @@ async def test_state_store_failures_fall_back_to_memory(api, no_sleep, store, te
     assert [e["request_id"] for e in events] == ["a"]  # edge detection still works, in memory
     assert text in logs.text
     assert store.sets == 0
+
+
+async def test_events_of_one_poll_are_spaced_so_each_gets_its_own_run(api, no_sleep):
+    api.get(LIST_V2).mock(
+        side_effect=then_stop(
+            page(
+                v2("a", "DONE", updated=NOW + 1),
+                v2("b", "DONE", updated=NOW + 2),
+                v2("c", "DONE", updated=NOW + 3),
+            )
+        )
+    )
+    events = await drain(watcher(event_spacing=5.0, poll_interval=60).run())
+    assert [e["request_id"] for e in events] == ["a", "b", "c"]  # oldest first
+    spacing = [w for w in no_sleep if w < 10]
+    assert len(spacing) == 2 and all(4.5 < w <= 5.0 for w in spacing), no_sleep
+
+
+async def test_a_restart_between_spaced_events_emits_the_rest_not_the_first(api, no_sleep):
+    store = FakeStore()
+    listing = page(v2("a", "PROCESSING"), v2("b", "PROCESSING"))
+    done = page(v2("a", "DONE", updated=NOW + 1), v2("b", "DONE", updated=NOW + 2))
+    route = api.get(LIST_V2).mock(side_effect=then_stop(listing, done))
+    first = watcher(event_spacing=5.0)
+    first.asset_state_store = store
+    stream = first.run()
+    assert [e["request_id"] for e in await take(stream, 1)] == ["a"]
+    await asyncio.wait_for(
+        stream.__anext__(), 5
+    )  # b, after the spacing: the state saved after a is handed over
+    await stream.aclose()  # the triggerer stops before b's turn was acknowledged
+    assert set(store.data[first.state_key()]["reported"]) == {"a"}
+    route.side_effect = then_stop(done)
+    second = watcher()
+    second.asset_state_store = store
+    assert [e["request_id"] for e in await drain(second.run())] == ["b"]
 
 
 # ---------------------------------------------------------------------------------------- shared poll
