@@ -11,6 +11,10 @@ time; FastAPI/uvicorn load only when a test asks for a fixture.
   Override the ``sentinel_batch_emulator_session_options`` fixture to configure it.
 * ``sentinel_batch_airflow_conn``: the function-scoped server with ``AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT``
   set through ``monkeypatch`` (the only fixture here that touches the environment).
+* ``sentinel_batch_s3_server`` (session scope): a real S3-compatible server on loopback (moto in server mode with
+  signature checks, see ``s3server.S3Server``; needs moto) with a writer and a reader key pair; give it to the
+  emulator with ``EmulatorConfig(s3=server.emulator_delivery())``. ``sentinel_batch_s3_bucket``: a new bucket on
+  it for one test.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .s3server import S3Server
     from .server import EmulatorServer
 
 MARKER = "sentinel_batch_emulator"
@@ -111,3 +116,18 @@ def sentinel_batch_airflow_conn(
     for key, value in sentinel_batch_emulator.airflow_env().items():
         monkeypatch.setenv(key, value)
     return sentinel_batch_emulator
+
+
+@pytest.fixture(scope="session")
+def sentinel_batch_s3_server() -> Iterator[S3Server]:
+    """One S3-compatible server on 127.0.0.1 for the session (tests keep apart with their own buckets)."""
+    from .s3server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def sentinel_batch_s3_bucket(sentinel_batch_s3_server: S3Server) -> str:
+    """A new, empty bucket on the session's S3 server."""
+    return sentinel_batch_s3_server.create_bucket()

@@ -17,20 +17,33 @@ from typing import Any
 import pytest
 
 from airflow_provider_sentinel_batch.emulator import EmulatorConfig, EmulatorServer
-from tests import s3server
+from airflow_provider_sentinel_batch.emulator.s3server import S3Keys, S3Server
 from tests.emulator.helpers import CORSICA_BBOX, Api, freeze, v1_payload, v2_payload
-from tests.s3server import S3Keys, S3Server
-
-s3_server, s3_bucket = s3server.s3_server, s3server.s3_bucket  # the fixtures
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def s3_server(sentinel_batch_s3_server: S3Server) -> S3Server:
+    """The session's S3 server (the package's pytest plugin starts it)."""
+    return sentinel_batch_s3_server
+
+
+@pytest.fixture
+def s3_bucket(sentinel_batch_s3_bucket: str) -> str:
+    """A fresh bucket on it."""
+    return sentinel_batch_s3_bucket
 
 
 @pytest.fixture(scope="module")
 def s3_emu(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
     state_file = tmp_path_factory.mktemp("s3-emu") / "state.json"
     config = EmulatorConfig(
-        port=0, time_scale=1000, s3=s3_server.emulator_delivery(), state_file=state_file, seed=7
+        port=0,
+        time_scale=1000,
+        s3=s3_server.emulator_delivery(),
+        state_file=state_file,
+        seed=7,
     )
     with EmulatorServer(config) as server:
         yield server

@@ -18,13 +18,22 @@ from typing import Any
 import pytest
 
 from airflow_provider_sentinel_batch.emulator import EmulatorConfig, EmulatorServer
-from tests import s3server
-from tests.s3server import S3Keys, S3Server
+from airflow_provider_sentinel_batch.emulator.s3server import S3Keys, S3Server
 from tests.seed import seed_payload
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-s3_server, s3_bucket = s3server.s3_server, s3server.s3_bucket  # the fixtures
+
+@pytest.fixture(scope="module")
+def s3_server(sentinel_batch_s3_server: S3Server) -> S3Server:
+    """The session's S3 server (the package's pytest plugin starts it)."""
+    return sentinel_batch_s3_server
+
+
+@pytest.fixture
+def s3_bucket(sentinel_batch_s3_bucket: str) -> str:
+    """A fresh bucket on it."""
+    return sentinel_batch_s3_bucket
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +47,14 @@ def s3_emulator(s3_server: S3Server) -> Iterator[EmulatorServer]:
 def emu(s3_emulator: EmulatorServer, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
     """The S3-delivering emulator, reset, with the delivery (writer) and results (reader) connections set."""
     s3_emulator.reset()
-    monkeypatch.setenv("AIRFLOW_CONN_S3_DELIVERY", json.dumps(s3_server.airflow_conn(s3_server.writer_keys)))
-    monkeypatch.setenv("AIRFLOW_CONN_S3_RESULTS", json.dumps(s3_server.airflow_conn(s3_server.reader_keys)))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_S3_DELIVERY",
+        json.dumps(s3_server.airflow_conn(s3_server.writer_keys)),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_S3_RESULTS",
+        json.dumps(s3_server.airflow_conn(s3_server.reader_keys)),
+    )
     return s3_emulator
 
 
@@ -117,7 +132,11 @@ def test_v2_manifest_read_over_s3_with_results_conn_id(dag_runner, emu, s3_serve
     assert {p.removeprefix(prefix) for p in paths} == {k for k in objects if k.endswith(".tif")}
     assert len(paths) == len(tiles)
     assert f"ndvi/{rid}/request-{rid}.json" in objects
-    assert_no_secrets(result, s3_server.writer_keys.secret_key, s3_server.reader_keys.secret_key)
+    assert_no_secrets(
+        result,
+        s3_server.writer_keys.secret_key,
+        s3_server.reader_keys.secret_key,
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,7 +210,8 @@ def test_bucket_gone_before_the_read_fails_the_wait_clearly(emu, s3_server, s3_b
     use(monkeypatch, emu, "v2")
     body = payload("v2", s3_bucket)
     body["output"]["delivery"]["s3"].update(
-        accessKey=s3_server.writer_keys.access_key, secretAccessKey=s3_server.writer_keys.secret_key
+        accessKey=s3_server.writer_keys.access_key,
+        secretAccessKey=s3_server.writer_keys.secret_key,
     )
     hook = SentinelBatchHook(api_version="v2")
     rid = hook.create_request(body)["id"]

@@ -1,6 +1,7 @@
-"""A real S3-compatible server on 127.0.0.1 for the bucket tests: moto in server mode, in a child process.
+"""A real S3-compatible server on 127.0.0.1 for bucket tests and the demo: moto in server mode, in a child process.
 
-Why moto: it ships as a pure-Python wheel (installed by the ``test`` extra from the lock, no binary download),
+Needs moto with its server dependencies (``pip install "moto[s3]" flask flask-cors``; the project's ``test`` extra
+has them) and botocore (the ``s3`` extra). Why moto: it ships as a pure-Python wheel (installed by the ``test`` extra from the lock, no binary download),
 starts in about a second, and in server mode speaks the S3 REST protocol with SigV4 signatures, so s3fs,
 botocore and the emulator talk to it exactly as to AWS S3 or CDSE's endpoint. With IAM authentication switched
 on (after setup, through its ``/moto-api/reset-auth`` control call) it checks every request's signature and
@@ -12,8 +13,13 @@ packages of this project's index.
 The server gets two key pairs of its own, generated at start: ``writer`` (``s3:*``, what a delivery bucket's
 owner gives the service) and ``reader`` (get/list only, what a results connection needs).
 
-Fixtures (import them into a test module): ``s3_server`` (one per session) and ``s3_bucket`` (a fresh bucket
-per test).
+The pytest plugin of this package offers it as fixtures: ``sentinel_batch_s3_server`` (one per session) and
+``sentinel_batch_s3_bucket`` (a fresh bucket per test)::
+
+    with S3Server() as s3:
+        bucket = s3.create_bucket()
+        config = EmulatorConfig(port=0, s3=s3.emulator_delivery())
+        s3.airflow_conn(s3.reader_keys)  # an ``aws`` connection dict for results_conn_id
 """
 
 from __future__ import annotations
@@ -25,11 +31,10 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
+from .config import S3Delivery
 
 REGION = "eu-central-1"
 
@@ -231,27 +236,12 @@ class S3Server:
             "extra": {"endpoint_url": self.endpoint_url, "region_name": self.region},
         }
 
-    def emulator_delivery(self, *, policy: bool = True) -> Any:
+    def emulator_delivery(self, *, policy: bool = True) -> S3Delivery:
         """The emulator's ``S3Delivery`` for this server (``policy``: the writer keys stand in for a bucket
         policy, so v1 requests can deliver)."""
-        from airflow_provider_sentinel_batch.emulator import S3Delivery
-
         return S3Delivery(
             endpoint_url=self.endpoint_url,
             region=self.region,
             policy_access_key=self.writer_keys.access_key if policy else None,
             policy_secret_key=self.writer_keys.secret_key if policy else None,
         )
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """One moto S3 server for the test session (buckets keep tests apart)."""
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    """A new, empty bucket on the session's S3 server."""
-    return s3_server.create_bucket()
