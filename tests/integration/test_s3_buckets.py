@@ -1,6 +1,6 @@
 """Every bucket-touching feature over the S3 protocol, on real Airflow, against a real S3-compatible server.
 
-The emulator delivers into a moto S3 server on 127.0.0.1 (``tests/s3server.py``) with the keys the create task
+The emulator delivers into a moto S3 server on 127.0.0.1 (``emulator.s3server``) with the keys the create task
 took from ``bucket_conn_id`` (v2) or with the bucket-policy stand-in (v1); the waiting task reads the execution
 database and the feature manifest back through s3fs with ``results_conn_id`` (an ``aws`` connection: access key
 as login, secret as password, extra ``endpoint_url``). Nothing here reads the emulator's data directory.
