@@ -20,6 +20,7 @@ each watcher applies its own filters to that listing. Polls use the shared retry
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -141,6 +142,11 @@ async def list_window(
             break
         records.append(compact(api_version, item))
     return records
+
+
+async def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(Exception):  # closing a broken connection must not end the watcher
+        await client.aclose()
 
 
 class WatchState:
@@ -420,16 +426,23 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         return SentinelBatchAsyncClient(settings, retry_policy=RetryPolicy.from_dict(self.retry_policy))
 
     async def _listings(self, *, search: str | None) -> AsyncIterator[list[dict[str, Any]]]:
-        """Complete listings, one per interval, forever; a failed poll is logged and skipped, never raised."""
+        """Complete listings, one per interval, forever; a failed poll is logged and skipped, never raised.
+
+        The client (connection settings, token, pooled socket) is kept across polls and opened afresh after a
+        failed one, so a changed connection is picked up then.
+        """
         from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
 
         failures = 0
-        while True:
-            started = time.monotonic()
-            records: list[dict[str, Any]] | None = None
-            try:
-                settings = await settings_for_conn_id(self.conn_id)
-                async with self._client(settings) as client:
+        client: Any = None
+        try:
+            while True:
+                started = time.monotonic()
+                records: list[dict[str, Any]] | None = None
+                try:
+                    if client is None:
+                        client = self._client(await settings_for_conn_id(self.conn_id))
+                        await client.__aenter__()
                     records = await list_window(
                         client,
                         self.api_version,
@@ -437,23 +450,27 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
                         page_size=self.page_size,
                         max_age=self.max_age,
                     )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                self.log.warning(
-                    "Listing %s batch requests of connection %s failed (%d in a row; will look again in %.0f s): "
-                    "%s",
-                    self.api_version,
-                    self.conn_id,
-                    failures,
-                    self.poll_interval,
-                    exc,
-                )
-            if records is not None:
-                failures = 0
-                yield records
-            await asyncio.sleep(max(0.0, self.poll_interval - (time.monotonic() - started)))
+                except Exception as exc:
+                    failures += 1
+                    self.log.warning(
+                        "Listing %s batch requests of connection %s failed (%d in a row; will look again in "
+                        "%.0f s): %s",
+                        self.api_version,
+                        self.conn_id,
+                        failures,
+                        self.poll_interval,
+                        exc,
+                    )
+                    client, closing = None, client
+                    if closing is not None:
+                        await _close_quietly(closing)
+                if records is not None:
+                    failures = 0
+                    yield records
+                await asyncio.sleep(max(0.0, self.poll_interval - (time.monotonic() - started)))
+        finally:
+            if client is not None:
+                await _close_quietly(client)
 
     # ------------------------------------------------------------------------------------ edge detection
     def _matches(self, record: dict[str, Any]) -> bool:

@@ -373,6 +373,27 @@ async def test_rate_limits_and_server_errors_never_raise_out_of_the_trigger(api,
     assert "COMMON_FORBIDDEN" in logs.text
 
 
+async def test_the_client_is_kept_across_polls_and_reopened_after_a_failure(api, no_sleep, monkeypatch):
+    opened = []
+    real_client = SentinelBatchEventTrigger._client
+
+    def counting_client(self, settings):
+        opened.append(settings)
+        return real_client(self, settings)
+
+    monkeypatch.setattr(SentinelBatchEventTrigger, "_client", counting_client)
+    effect = then_stop(
+        page(v2("a", "PROCESSING")),
+        page(v2("a", "PROCESSING")),
+        httpx.Response(500),
+        httpx.Response(500),  # retries exhausted: this poll failed
+        page(v2("a", "DONE", updated=NOW + 1)),
+    )
+    api.get(LIST_V2).mock(side_effect=effect)
+    assert [e["request_id"] for e in await drain(watcher().run())] == ["a"]
+    assert len(opened) == 2  # once at the start, once after the failed poll
+
+
 async def test_v1_watcher_lists_the_v1_endpoint(api, no_sleep):
     effect = then_stop(
         page({"id": "p", "status": "PROCESSING", "created": iso(NOW), "description": "d"}),
