@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
+from . import statistical
 from .auth import INVALID_CLIENT, TOKEN_PATHS
 from .config import EmulatorConfig
 from .errors import ApiError, bad_payload, error_body, unauthorized
@@ -188,15 +189,22 @@ def paginate(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
         )
     offset = int(token)
     links: dict[str, Any] = {}
+
+    def page_url(view_token: str) -> str:
+        return str(
+            request.url.remove_query_params("viewToken").include_query_params(
+                viewtoken=view_token, count=count
+            )
+        )
+
+    if offset > 0 or offset + count < len(items):
+        links["currentToken"] = token
     if offset + count < len(items):
         nxt = str(offset + count)
-        links = {
-            "currentToken": token,
-            "nextToken": nxt,
-            "next": str(
-                request.url.remove_query_params("viewToken").include_query_params(viewtoken=nxt, count=count)
-            ),
-        }
+        links.update({"nextToken": nxt, "next": page_url(nxt)})
+    if offset > 0:
+        prev = str(max(0, offset - count))
+        links.update({"previousToken": prev, "previous": page_url(prev)})
     return {"data": items[offset : offset + count], "links": links}
 
 
@@ -271,6 +279,7 @@ def create_app(config: EmulatorConfig | None = None, *, state: EmulatorState | N
     _v1_routes(app, st)
     _v2_routes(app, st)
     _grid_routes(app)
+    statistical.register(app, st)
     _control_routes(app, st)
     return app
 

@@ -363,7 +363,7 @@ class Job:
             self.processing_start = self.finish_at = self.restart_at = None
             self._set_status("CANCELED", now)
         else:
-            raise bad_payload(f"A request with status {s} cannot be canceled.")
+            return  # "may cancel at any time": a finished request has nothing left to cancel (204, no change)
         self._set_action("CANCEL", now)
 
     def v1_restart(self, st: EmulatorState, now: float) -> None:

@@ -251,6 +251,7 @@ class EmulatorState:
 
     def _init_world(self) -> None:
         self.jobs: dict[str, Job] = {}
+        self.stat_requests: dict[str, Any] = {}  # Batch Statistical requests (statistical.StatRequest)
         self.collections: dict[str, dict[str, Any]] = {}
         self.pu_budget: float | None = self.config.pu_budget
         self.token_requests = 0
@@ -368,7 +369,9 @@ class EmulatorState:
     def pu_spent(self, now: float | None = None) -> float:
         with self.lock:
             t = self.clock.now() if now is None else now
-            return sum(j.cost_pu(t) for j in self.jobs.values() if j.api == 2)
+            return sum(j.cost_pu(t) for j in self.jobs.values() if j.api == 2) + sum(
+                r.cost_pu(t) for r in self.stat_requests.values()
+            )
 
     def check_pu_balance(self) -> None:
         if self.pu_budget is None:
@@ -541,7 +544,7 @@ class EmulatorState:
         task: dict[str, Any] = {
             "id": job.id,
             "request": _shallow(job.body),
-            "domainAccountId": 0,
+            "domainAccountId": self.account_id,
             "status": job.status,
             "userAction": job.user_action,
             "userActionUpdated": when(job.user_action_emu),
@@ -707,7 +710,7 @@ class EmulatorState:
                 "accountId": self.account_id,
                 "name": payload["name"],
                 "s3Bucket": payload["s3Bucket"],
-                "batchData": {"tilingGridId": None},
+                "batchData": {},
                 "additionalData": {"bands": {}},
                 "created": iso(time.time()),
             }
@@ -719,11 +722,25 @@ class EmulatorState:
         with self.lock:
             if cid not in self.collections:
                 raise not_found(f"Batch collection with id {cid} not found.")
-            return dict(self.collections[cid])
+            return self._collection_view(self.collections[cid])
 
     def list_collections(self, search: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(c) for c in self.collections.values() if search_matches(c["name"], search)]
+            return [
+                self._collection_view(c)
+                for c in self.collections.values()
+                if search_matches(c["name"], search)
+            ]
+
+    def _collection_view(self, collection: dict[str, Any]) -> dict[str, Any]:
+        """``batchData.tilingGridId`` (an integer) is the grid of the first request that delivers into the
+        collection; a collection no request has used yet has none, so the key is absent rather than null."""
+        view = dict(collection)
+        for job in self.jobs.values():
+            if job.api == 1 and (job.body.get("output") or {}).get("collectionId") == collection["id"]:
+                view["batchData"] = {"tilingGridId": job.grid_id}
+                break
+        return view
 
     def update_collection(self, cid: str, payload: Any) -> None:
         with self.lock:

@@ -28,8 +28,11 @@ def test_pagination_by_next_token_and_next_url(api: Api, version: int) -> None:
         pages += 1
         seen += [j["id"] for j in body["data"]]
         if "nextToken" not in body["links"]:
-            assert body["links"] == {}
+            assert "next" not in body["links"]
+            assert body["links"]["previousToken"] == "3"  # the spec's View: previous page links too
+            assert body["links"]["previous"].startswith(api.server.base_url)
             break
+        assert ("previousToken" in body["links"]) == (pages > 1)
         assert body["links"]["next"].startswith(api.server.base_url)
         params = {"count": 3, "viewtoken": body["links"]["nextToken"]}
     assert pages == 3
@@ -120,3 +123,23 @@ def test_collections(api: Api) -> None:
     assert [c["id"] for c in listing["data"]] == [cid]
     assert api.delete(f"/api/v1/batch/collections/{cid}").status_code == 204
     assert api.get(f"/api/v1/batch/collections/{cid}").status_code == 404
+
+
+def test_collection_tiling_grid_is_an_integer_or_absent(api: Api) -> None:
+    """The spec types ``batchData.tilingGridId`` as an integer: never null; set once a request uses it."""
+    cid = api.post("/api/v1/batch/collections", json={"name": "c", "s3Bucket": "my-bucket"}).json()["data"][
+        "id"
+    ]
+    assert api.get(f"/api/v1/batch/collections/{cid}").json()["data"]["batchData"] == {}
+    payload = v1_payload()
+    del payload["bucketName"]
+    payload["tilingGrid"] = {"id": 1, "resolution": 10.0}
+    payload["output"] = {
+        "defaultTilePath": "s3://my-bucket/<tileName>/<outputId>.tif",
+        "cogOutput": True,
+        "collectionId": cid,
+    }
+    api.create(1, payload)
+    assert api.get(f"/api/v1/batch/collections/{cid}").json()["data"]["batchData"] == {"tilingGridId": 1}
+    listed = api.get("/api/v1/batch/collections").json()["data"]
+    assert [c["batchData"] for c in listed] == [{"tilingGridId": 1}]

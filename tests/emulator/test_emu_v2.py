@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import uuid
 
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
 from tests.emulator.helpers import CORSICA_BBOX, Api, freeze, v2_payload
@@ -17,7 +18,7 @@ def test_create_body_shape(api: Api) -> None:
     body = api.create(2)
     assert body["status"] == "CREATED"
     assert body["userAction"] == "NONE"
-    assert body["domainAccountId"] == 0
+    assert str(uuid.UUID(body["domainAccountId"])) == body["domainAccountId"]  # the spec: a uuid string
     assert set(body["request"]) >= {"processRequest", "input", "output", "instanceType", "description"}
     assert body["request"]["description"] == "emulator test v2"
     for key in ("created", "lastUpdated", "userActionUpdated"):
@@ -36,7 +37,9 @@ def test_analyse_start_done_with_progress_cost_and_outputs(api: Api, emu: Emulat
     emu.advance(100)
     assert api.job(2, jid)["status"] == "ANALYSIS_DONE"
     assert (emu.data_dir / "my-bucket" / "v2" / f"featureManifest-{jid}.gpkg").exists()
-    assert (emu.data_dir / "my-bucket" / "v2" / f"request-{jid}.json").exists()
+    request_copy = (emu.data_dir / "my-bucket" / "v2" / f"request-{jid}.json").read_text()
+    assert '"url": "s3://my-bucket/v2/<tileName>/<outputId>.tiff"' in request_copy
+    assert "secretAccessKey" not in request_copy and "accessKey" not in request_copy  # no credential on disk
     response = api.action(2, jid, "analyse")
     assert response.status_code == 400
     assert response.json()["error"]["message"] == (
