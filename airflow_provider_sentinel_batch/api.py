@@ -29,6 +29,27 @@ def process_url(
     return url
 
 
+def statistical_url(base_url: str, request_id: str | None = None, action: str | None = None) -> str:
+    """``/api/v1/statistics/batch[/{requestId}[/{action}]]`` (Batch Statistical; ``action`` may be ``status``)."""
+    url = f"{base_url}/api/v1/statistics/batch"
+    if request_id is not None:
+        if not str(request_id).strip() or "/" in str(request_id):
+            raise SentinelBatchConfigError(
+                f"request id {request_id!r} is not a valid batch statistical request id"
+            )
+        url += f"/{request_id}"
+    if action:
+        url += f"/{action}"
+    return url
+
+
+def request_url(base_url: str, api: str, request_id: str | None = None, action: str | None = None) -> str:
+    """A request's URL in any API family: ``"v1"``/``"v2"`` (Batch Processing) or ``"statistical"``."""
+    if api == "statistical":
+        return statistical_url(base_url, request_id, action)
+    return process_url(base_url, api, request_id, action)
+
+
 def grids_url(base_url: str, api_version: str, grid_id: int | None = None) -> str:
     url = f"{batch_root(base_url, api_version)}/tilinggrids"
     return url if grid_id is None else f"{url}/{int(grid_id)}"

@@ -949,13 +949,15 @@ def register(app: FastAPI, st: EmulatorState) -> None:
     """Add the Batch Statistical routes and their ``/_emulator/statistical`` control routes to ``app``."""
     from fastapi.responses import JSONResponse, Response
 
-    from .app import _overrides, paginate, read_payload
+    from .app import _create_delay, _overrides, paginate, read_payload
 
     service = StatisticalService(st)
     app.state.statistical = service
 
     async def create(request: Request) -> Response:
-        return JSONResponse(service.create(await read_payload(request), _overrides(request)), 201)
+        payload = await read_payload(request)
+        await _create_delay(st)
+        return JSONResponse(service.create(payload, _overrides(request)), 201)
 
     async def list_(request: Request) -> Response:
         return JSONResponse(paginate(request, service.list(request.query_params.get("sort"))))

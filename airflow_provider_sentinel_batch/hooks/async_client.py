@@ -261,6 +261,18 @@ class SentinelBatchAsyncClient:
             for item in pages.advance(body):
                 yield item
 
+    async def get_statistical(self, request_id: str, *, status_only: bool = True) -> dict[str, Any]:
+        """A Batch Statistical request (``status_only``: the small ``/status`` body), ``costPU`` always set."""
+        from airflow_provider_sentinel_batch.statistical import normalised
+
+        url = api.statistical_url(self.settings.base_url, request_id, "status" if status_only else None)
+        return normalised(api.expect_object(await self.call("GET", url, request_id=request_id), "GET", url))
+
+    async def stop_statistical(self, request_id: str) -> None:
+        """STOP a Batch Statistical request (204 in every status; no restart for 30 minutes)."""
+        url = api.statistical_url(self.settings.base_url, request_id, "stop")
+        await self.call("POST", url, request_id=request_id)
+
     async def count_tiles(self, request_id: str) -> dict[str, int]:
         """v1: tiles per status (one paginated listing; used on status changes only, not every poll)."""
         pages = api.Pages(api.process_url(self.settings.base_url, "v1", request_id, "tiles"))

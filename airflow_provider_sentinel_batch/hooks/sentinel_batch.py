@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from airflow_provider_sentinel_batch.retry import (
     connection_error,
     final_error,
 )
+from airflow_provider_sentinel_batch.statistical import normalised, validate_statistical_payload
 
 if TYPE_CHECKING:
     import requests
@@ -336,6 +338,75 @@ class SentinelBatchHook(BaseHook):
     def get_tile(self, request_id: str, tile_id: int) -> dict[str, Any]:
         url = api.process_url(self.settings.base_url, "v1", request_id, f"tiles/{int(tile_id)}")
         return self._call("GET", url, request_id=request_id)
+
+    # ---------------------------------------------------------------------------------- Batch Statistical
+    def create_statistical_request(self, payload: dict[str, Any], *, validate: bool = True) -> dict[str, Any]:
+        """POST a new Batch Statistical request (201), after the local checks (a bad payload costs nothing).
+
+        Like :meth:`create_request`, never resent after an ambiguous failure (the service may have created it).
+        """
+        if validate:
+            self.validate_statistical_payload(payload)
+        url = api.statistical_url(self.settings.base_url)
+        body = self._call("POST", url, json=payload, retry_on=SURELY_REFUSED)
+        if not isinstance(body, dict) or not body.get("id"):
+            raise SentinelBatchError(f"Create answered without a request id: {body!r:.300}")
+        RECENT_REQUESTS.note(body["id"])
+        self.log.info("Created Batch Statistical request %s", body["id"])
+        return normalised(body)
+
+    def iter_statistical_requests(
+        self, *, sort: str | None = None, page_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every Batch Statistical request of the account, page by page (``sort``: ``created``, ``status``,
+        with ``:desc``)."""
+        params = {k: v for k, v in {"sort": sort, "count": page_size}.items() if v}
+        return (normalised(r) for r in self._paginate(api.statistical_url(self.settings.base_url), params))
+
+    def list_statistical_requests(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self.iter_statistical_requests(**kwargs))
+
+    def get_statistical_request(self, request_id: str) -> dict[str, Any]:
+        """The whole request (``request``, ``userAction``, status, progress, cost as ``costPU``)."""
+        url = api.statistical_url(self.settings.base_url, request_id)
+        return normalised(api.expect_object(self._call("GET", url, request_id=request_id), "GET", url))
+
+    def get_statistical_status(self, request_id: str) -> dict[str, Any]:
+        """The small ``/status`` body: ``status``, ``completionPercentage``, ``costPU``, ``error``,
+        ``stoppedStatusReason``, ``lastUpdated``."""
+        url = api.statistical_url(self.settings.base_url, request_id, "status")
+        return normalised(api.expect_object(self._call("GET", url, request_id=request_id), "GET", url))
+
+    def _statistical_action(self, request_id: str, action: str) -> None:
+        self._call(
+            "POST", api.statistical_url(self.settings.base_url, request_id, action), request_id=request_id
+        )
+        self.log.info("Batch Statistical request %s: %s accepted", request_id, action)
+
+    def analyse_statistical(self, request_id: str) -> None:
+        """ANALYSE (free): reads the GeoPackage and checks the evalscript."""
+        self._statistical_action(request_id, "analyse")
+
+    def start_statistical(self, request_id: str) -> None:
+        """START processing (this is what costs PU); analysis runs first if it has not."""
+        self._statistical_action(request_id, "start")
+
+    def stop_statistical(self, request_id: str) -> None:
+        """STOP (no restart for 30 minutes afterwards; a finished request is left as it is)."""
+        self._statistical_action(request_id, "stop")
+
+    def cancel_statistical(self, request_id: str) -> None:
+        """The deprecated name of STOP (``/cancel``), for deployments that still only know it."""
+        warnings.warn(
+            "cancel_statistical calls the deprecated /cancel endpoint; use stop_statistical",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self._statistical_action(request_id, "cancel")
+
+    def validate_statistical_payload(self, payload: Any) -> None:
+        """Local checks of a Batch Statistical payload (shape, intervals, evalscript, sampling, output)."""
+        validate_statistical_payload(payload)
 
     # ------------------------------------------------------------------------------------ tiling grids
     def list_tiling_grids(
