@@ -28,7 +28,9 @@ def hook(sentinel_batch_emulator, monkeypatch) -> SentinelBatchHook:
     return SentinelBatchHook(retry_policy=FAST)
 
 
-def wait_status(hook: SentinelBatchHook, rid: str, statuses: set[str], timeout: float = 30.0) -> dict[str, Any]:
+def wait_status(
+    hook: SentinelBatchHook, rid: str, statuses: set[str], timeout: float = 30.0
+) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         status = hook.get_statistical_status(rid)
@@ -88,7 +90,10 @@ def test_service_errors_are_quoted(hook):
         "Invalid request payload: aggregation->evalscript: either evalscript or evalscriptReference is required"
     )
     assert error.errors == [
-        {"parameter": "aggregation->evalscript", "violation": "either evalscript or evalscriptReference is required"}
+        {
+            "parameter": "aggregation->evalscript",
+            "violation": "either evalscript or evalscriptReference is required",
+        }
     ]
     with pytest.raises(SentinelBatchNotFoundError):
         hook.get_statistical_status("00000000-0000-4000-8000-000000000000")
