@@ -31,6 +31,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
+from .config import BucketKeys
 from .errors import ApiError, bad_payload, not_found
 from .geopackage import GeoPackageError, metres_per_unit, read_features
 from .jobs import V2_STATUSES, Job, Tile
@@ -674,9 +675,10 @@ class StatRequest(Job):
                 ),
                 "status": "OK",
             }
-        path = st.outputs.local(output_path(self.output_url, self.id, tile.id, identifier))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc))
+        url = output_path(self.output_url, self.id, tile.id, identifier)
+        st.outputs._deliver(
+            self, url, json.dumps(doc).encode()
+        )  # the data dir, or S3 with the request's keys
 
     # -------------------------------------------------------------------------------------- actions
     def stat_analyse(self, st: EmulatorState, now: float) -> None:
@@ -766,6 +768,14 @@ def _last_end(job: Job, now: float) -> float:
     return max(ends) if ends else job.last_updated_emu
 
 
+def _output_keys(payload: Any) -> BucketKeys | None:
+    s3 = ((payload.get("output") or {}).get("s3") or {}) if isinstance(payload, dict) else {}
+    access, secret = s3.get("accessKey"), s3.get("secretAccessKey")
+    if isinstance(access, str) and isinstance(secret, str) and access and secret:
+        return BucketKeys(access, secret)
+    return None
+
+
 def check_balance(st: EmulatorState) -> None:
     """Create, analyse and start need at least 1000 PU on the account."""
     if st.pu_budget is None:
@@ -839,6 +849,10 @@ class StatisticalService:
                 },
                 account_id=st.account_id,
             )
+            if (
+                st.outputs.s3 is not None
+            ):  # delivery over S3: the request's output keys, else the policy stand-in
+                st.outputs.keys[request_id] = _output_keys(payload) or st.outputs.s3.config.policy_keys
             self.requests[request_id] = request
             st.jobs_created += 1
             log.info("created statistical request %s", request_id)

@@ -397,3 +397,31 @@ def test_bad_payloads_get_the_service_error_shape(
 
 def emu_jobs(api: Api) -> int:
     return int(api.server.stats()["jobs_created"])
+
+
+def test_results_go_over_s3_with_the_request_keys(tmp_path: Path) -> None:
+    """With an S3 endpoint the per-feature JSON files are PUT with the request's ``output.s3`` keys; the
+    GeoPackage is still read from the data dir."""
+    from tests.s3server import S3Server
+
+    with (
+        S3Server() as s3,
+        EmulatorServer(port=0, time_scale=1e-6, data_dir=tmp_path, s3=s3.emulator_delivery()) as emu,
+    ):
+        bucket = s3.create_bucket()
+        write_parcels(emu.data_dir, count=3)
+        keys = s3.writer_keys
+        output = {
+            "url": f"s3://{bucket}/stats",
+            "accessKey": keys.access_key,
+            "secretAccessKey": keys.secret_key,
+        }
+        api = Api(emu)
+        rid = create(api, stat_payload(**{"output.s3": output}))["id"]
+        api.post(f"{STAT}/{rid}/start")
+        emu.advance(5000)
+        assert status(api, rid)["status"] == "DONE"
+        assert s3.keys_in(bucket) == [f"stats/{rid}/{i}.json" for i in (1, 2, 3)]
+        doc = json.loads(s3.get(bucket, f"stats/{rid}/2.json"))
+        assert doc["id"] == 2 and doc["response"]["status"] == "OK"
+        assert not (tmp_path / bucket).exists()  # nothing went to the data dir
