@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -39,7 +40,9 @@ def test_create_analyse_start_monitor_list_update_stop(
     client = BatchProcessClient(config=sh_config)
     request = _create(client, corsica_request, "sdk v2 corsica")
     assert request.status is BatchRequestStatus.CREATED
-    assert str(request.domain_account_id) == "0"  # the SDK types it as str
+    assert (
+        str(uuid.UUID(request.domain_account_id)) == request.domain_account_id
+    )  # a uuid string, as specified
     assert request.created is not None
 
     client.start_analysis(request)
