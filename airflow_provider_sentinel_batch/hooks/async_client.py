@@ -253,9 +253,14 @@ class SentinelBatchAsyncClient:
         sort: str | None = None,
         page_size: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """The account's requests (the list endpoint), page by page; every page call has the retry policy."""
+        """The account's requests (the list endpoint), page by page; every page call has the retry policy.
+
+        ``api_version``: ``v1``, ``v2`` or ``statistical`` (whose list has no ``search``: it is not sent).
+        """
+        if api_version == "statistical":
+            search = None
         params = {k: v for k, v in {"search": search, "sort": sort, "count": page_size}.items() if v}
-        pages = api.Pages(api.process_url(self.settings.base_url, api_version), params)
+        pages = api.Pages(api.request_url(self.settings.base_url, api_version), params)
         while not pages.done:
             body = await self.call("GET", pages.url, params=pages.params)
             for item in pages.advance(body):

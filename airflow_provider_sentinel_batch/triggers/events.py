@@ -37,12 +37,14 @@ except ImportError as _exc:  # Airflow 2.x
         "the task that waits for the job (SentinelBatchSensor with outlets=[...])."
     ) from _exc
 
+from airflow_provider_sentinel_batch import statistical
 from airflow_provider_sentinel_batch.models import output_location
 
-#: Statuses a watcher may wait for, per API version.
+#: Statuses a watcher may wait for, per API (Batch Processing v1 / v2, Batch Statistical).
 WATCHABLE = {
     "v1": frozenset({"DONE", "PARTIAL", "FAILED", "CANCELED"}),
     "v2": frozenset({"DONE", "FAILED", "STOPPED"}),
+    statistical.STATISTICAL: statistical.TERMINAL,
 }
 #: Key prefix of the watcher's entry in the asset state store.
 STATE_KEY_PREFIX = "sentinel_batch_events"
@@ -81,36 +83,55 @@ def parse_time(value: Any) -> float | None:
 
 
 def compact(api_version: str, item: dict[str, Any]) -> dict[str, Any]:
-    """The small, secret-free record of one listed request that watchers work on (never the payload)."""
-    inner = item.get("request") if api_version == "v2" else item
-    description = (inner or {}).get("description") if isinstance(inner, dict) else None
-    if description is None:
-        description = item.get("description")
+    """The small, secret-free record of one listed request that watchers work on (never the payload).
+
+    ``match`` is the text the watcher's ``search`` / ``tag`` look at: the description (Batch Processing), or the
+    output URL (Batch Statistical requests have no description).
+    """
+    request_id = str(item.get("id"))
     created = item.get("created")
+    status = item.get("status")
+    description: Any = None
     if api_version == "v1":
+        description = item.get("description")
         # v1 requests carry no finish time: the last user action (START) is the latest time they do carry
-        updated = item.get("userActionUpdated")
-        times = [t for t in (parse_time(created), parse_time(updated)) if t is not None]
+        times = [t for t in (parse_time(created), parse_time(item.get("userActionUpdated"))) if t is not None]
         finished = None
+        estimate = item.get("valueEstimate")
+        cost = (
+            round(float(estimate) / 3.0, 3) if isinstance(estimate, int | float) else None
+        )  # batch discount
     else:
         updated = item.get("lastUpdated")
         times = [t for t in (parse_time(updated), parse_time(created)) if t is not None]
-        finished = updated if item.get("status") in WATCHABLE["v2"] else None
-    cost = item.get("costPU") if api_version == "v2" else item.get("valueEstimate")
-    if api_version == "v1" and isinstance(cost, int | float):
-        cost = round(float(cost) / 3.0, 3)  # the estimate excludes the batch discount
+        finished = updated if status in WATCHABLE[api_version] else None
+        if api_version == statistical.STATISTICAL:
+            cost = statistical.cost_pu(item)
+        else:
+            inner = item.get("request")
+            description = (inner.get("description") if isinstance(inner, dict) else None) or item.get(
+                "description"
+            )
+            cost = item.get("costPU") if isinstance(item.get("costPU"), int | float) else None
     try:
-        location = output_location(api_version, item, item.get("id"))
+        if api_version == statistical.STATISTICAL:
+            url = statistical.output_url(item)
+            location = statistical.output_root(url, request_id) if url else None
+            match = url or ""
+        else:
+            location = output_location(api_version, item, request_id)
+            match = str(description or "")
     except Exception:
-        location = None
+        location, match = None, str(description or "")
     return {
-        "id": str(item.get("id")),
-        "status": item.get("status"),
-        "description": str(description or "")[:_DESCRIPTION_LIMIT],
+        "id": request_id,
+        "status": status,
+        "description": str(description)[:_DESCRIPTION_LIMIT] if description else None,
+        "match": match,
         "created": created,
         "finished": finished,
         "t": max(times) if times else None,
-        "cost_pu": cost if isinstance(cost, int | float) else None,
+        "cost_pu": cost,
         "output_location": location,
         "error": (str(item["error"])[:_DESCRIPTION_LIMIT] if item.get("error") else None),
     }
@@ -268,13 +289,15 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
     so never pass values that change on every DAG parse, like "now"). No credentials: the connection is
     resolved on the triggerer from ``conn_id``.
 
-    :param api_version: ``v1`` or ``v2``: which list endpoint to watch.
-    :param statuses: target statuses (default ``DONE``); also ``FAILED``, ``STOPPED`` (v2), ``PARTIAL``,
-        ``CANCELED`` (v1).
+    :param api_version: ``v1`` or ``v2`` (Batch Processing) or ``statistical`` (Batch Statistical): which list
+        endpoint to watch.
+    :param statuses: target statuses (default ``DONE``); also ``FAILED``, ``STOPPED`` (v2, statistical),
+        ``PARTIAL``, ``CANCELED`` (v1).
     :param search: only requests whose description matches (``|`` = OR, ``&`` = AND, case-insensitive
-        substrings, the service's ``search`` rule).
-    :param tag: only requests whose description contains this exact text (e.g. a marker your producer DAG
-        puts into ``description``).
+        substrings, the service's ``search`` rule). Batch Statistical requests have no description: there it
+        matches the output URL (``output.s3.url``), locally (its list endpoint has no ``search``).
+    :param tag: only requests whose description (Batch Statistical: output URL) contains this exact text (e.g. a
+        marker your producer DAG puts into ``description``).
     :param poll_interval: seconds between list polls.
     :param max_age: only requests created within this many seconds are listed (default 30 days); older ones
         are never reported. ``None`` lists the whole account on every poll.
@@ -474,10 +497,10 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
 
     # ------------------------------------------------------------------------------------ edge detection
     def _matches(self, record: dict[str, Any]) -> bool:
-        description = record.get("description") or ""
-        if self.tag and self.tag not in description:
+        text = record.get("match") or ""
+        if self.tag and self.tag not in text:
             return False
-        return search_matches(description, self.search)
+        return search_matches(text, self.search)
 
     def _start_watermark(self) -> float:
         if self.since is not None:

@@ -28,6 +28,7 @@ from airflow_provider_sentinel_batch.triggers.events import (
 
 LIST_V2 = f"{BASE}/api/v2/batch/process"
 LIST_V1 = f"{BASE}/api/v1/batch/process"
+LIST_STAT = f"{BASE}/api/v1/statistics/batch"
 FAST = {"max_attempts": 2, "max_rate_limited": 2, "backoff_initial": 0.0, "default_retry_after": 0.0}
 NOW = time.time()
 
@@ -194,6 +195,10 @@ def test_serialize_round_trip_has_no_secret(conn_env):
         ({"api_version": "v2", "statuses": ["PARTIAL"]}, "cannot watch v2 requests for PARTIAL"),
         ({"api_version": "v1", "statuses": ["STOPPED"]}, "cannot watch v1 requests for STOPPED"),
         ({"api_version": "v3"}, "api_version must be one of"),
+        (
+            {"api_version": "statistical", "statuses": ["PARTIAL"]},
+            "cannot watch statistical requests for PARTIAL",
+        ),
         ({"since": "yesterday"}, "since must be an ISO-8601 time"),
         ({"poll_interval": 0}, "poll_interval must be positive"),
     ],
@@ -403,6 +408,32 @@ async def test_v1_watcher_lists_the_v1_endpoint(api, no_sleep):
     (event,) = await drain(watcher(api_version="v1").run())
     assert event["request_id"] == "p" and event["api_version"] == "v1" and event["cost_pu"] == 1.0
     assert len(effect.requests) == 3
+
+
+def stat(rid: str, status: str, *, updated: float = NOW, url: str = "s3://stats/ndvi") -> dict:
+    """A Batch Statistical request as its list returns it (``costPu``, the spec's spelling; no description)."""
+    return {
+        "id": rid,
+        "status": status,
+        "created": iso(updated - 600),
+        "lastUpdated": iso(updated),
+        "costPu": 100.0,
+        "request": {"output": {"s3": {"url": url, "secretAccessKey": "KEY-123"}}},
+    }
+
+
+async def test_batch_statistical_watcher_filters_on_the_output_url(api, no_sleep):
+    effect = then_stop(
+        page(stat("s1", "PROCESSING"), stat("s2", "PROCESSING", url="s3://other/x")),
+        page(stat("s1", "DONE", updated=NOW + 1), stat("s2", "DONE", updated=NOW + 1, url="s3://other/x")),
+    )
+    api.get(LIST_STAT).mock(side_effect=effect)
+    (event,) = await drain(watcher(api_version="statistical", tag="s3://stats/", search="ndvi").run())
+    assert event["request_id"] == "s1" and event["api_version"] == "statistical"
+    assert event["cost_pu"] == 100.0 and event["output_location"] == "s3://stats/ndvi/s1/"
+    assert event["event_id"] == "statistical:s1:DONE" and "KEY-123" not in json.dumps(event)
+    assert all("search" not in r.url.params for r in effect.requests)  # the statistical list has no search
+    assert effect.requests[0].url.params["sort"] == "created:desc"
 
 
 # ---------------------------------------------------------------------------------------- state store
