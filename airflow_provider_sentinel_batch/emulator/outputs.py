@@ -221,13 +221,15 @@ class DeliveryError(Exception):
         self.code = code
         self.message = message
 
-    def describe(self) -> str:
+    def describe(self, action: str = "write to") -> str:
         """What the service says: the bucket, the S3 error code and its message (never a key)."""
         if self.code == "NoSuchBucket":
             return f"Bucket {self.bucket} does not exist."
+        if self.code == "NoSuchKey":
+            return f"The object does not exist in bucket {self.bucket}."
         if self.code == "NoCredentials":
-            return f"No credentials to write to bucket {self.bucket}: {self.message}"
-        return f"Cannot write to bucket {self.bucket}: access denied ({self.code}: {self.message})"
+            return f"No credentials to {action} bucket {self.bucket}: {self.message}"
+        return f"Cannot {action} bucket {self.bucket}: access denied ({self.code}: {self.message})"
 
 
 class S3Writer:
@@ -293,6 +295,15 @@ class S3Writer:
     def put(self, url: str, data: bytes, keys: BucketKeys | None) -> None:
         bucket, key = split_s3_url(url)
         self._call(bucket, keys, "put_object", Key=key, Body=data)
+
+    def get(self, url: str, keys: BucketKeys | None) -> bytes:
+        """GetObject: the bytes of an input object (a GeoPackage, an evalscript)."""
+        bucket, key = split_s3_url(url)
+        body = self._call(bucket, keys, "get_object", Key=key)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
 
     def check_bucket(self, url: str, keys: BucketKeys | None) -> None:
         """HeadBucket: the bucket exists and these keys may use it (the bucket-policy check of v1)."""

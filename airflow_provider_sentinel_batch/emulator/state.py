@@ -126,6 +126,16 @@ class OutputWriter:
         else:
             self.s3.put(url, data, self.keys.get(job.id))
 
+    def input_file(self, url: str, keys: BucketKeys | None, scratch: Path) -> Path:
+        """A local file with the input object at ``url``: its place in the data dir, or (with S3) a download
+        into ``scratch`` signed with ``keys`` (else the bucket-policy stand-in). Raises
+        :class:`outputs.DeliveryError` when the S3 server refuses."""
+        if self.s3 is None:
+            return out.local_path(self.data_dir, url)
+        target = scratch / (url.rstrip("/").rsplit("/", 1)[-1] or "object")
+        target.write_bytes(self.s3.get(url, keys or self.s3.config.policy_keys))
+        return target
+
     def _deliver(self, job: Job, url: str, data: bytes) -> bool:
         """Put one object; a refusal while the job runs is logged (once per job and error), not raised."""
         try:

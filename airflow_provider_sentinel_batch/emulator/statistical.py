@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from .config import BucketKeys
 from .errors import ApiError, bad_payload, not_found
 from .geopackage import GeoPackageError, metres_per_unit, read_features
 from .jobs import V2_STATUSES, Job, Tile
-from .outputs import local_path
+from .outputs import DeliveryError, local_path
 from .validation import _data_item, _Errors, _is_number, _obj, _require_object
 
 if TYPE_CHECKING:
@@ -575,17 +576,38 @@ class StatRequest(Job):
         super()._begin_analysis(st, t)
 
     def _load_features(self, st: EmulatorState) -> None:
+        with tempfile.TemporaryDirectory(prefix="sentinel-batch-emulator-input-") as scratch:
+            self._load_inputs(st, Path(scratch))
+
+    def _load_inputs(self, st: EmulatorState, scratch: Path) -> None:
+        """The GeoPackage (and a referenced evalscript): from the data dir, or over S3 with the input's keys."""
         url = self.plan["features_url"]
         try:
-            layer = read_features(local_path(st.data_dir, url))
+            layer = read_features(
+                st.outputs.input_file(url, _s3_keys(self.body, "input", "features"), scratch)
+            )
+        except DeliveryError as exc:
+            reason = (
+                "the GeoPackage does not exist." if exc.code == "NoSuchKey" else exc.describe("read from")
+            )
+            self.analysis_error = f"Failed to read input features from {url}: {reason}"
+            return
         except GeoPackageError as exc:
             self.analysis_error = f"Failed to read input features from {url}: the GeoPackage {exc}."
             return
         script = self.plan.get("evalscript")
         if script is None:
-            ref = local_path(st.data_dir, self.plan["evalscript_url"])
-            if not ref.is_file():
-                self.analysis_error = f"Failed to read the evalscript from {self.plan['evalscript_url']}: the object does not exist."
+            ref_url = self.plan["evalscript_url"]
+            keys = _s3_keys(self.body, "aggregation", "evalscriptReference")
+            try:
+                ref = st.outputs.input_file(ref_url, keys, scratch)
+                reason = "" if ref.is_file() else "the object does not exist."
+            except DeliveryError as exc:
+                reason = (
+                    "the object does not exist." if exc.code == "NoSuchKey" else exc.describe("read from")
+                )
+            if reason:
+                self.analysis_error = f"Failed to read the evalscript from {ref_url}: {reason}"
                 return
             script = ref.read_text("utf-8", "replace")
             self.plan["evalscript"] = script
@@ -766,6 +788,19 @@ def _when(st: EmulatorState, job: Job, emu: float) -> str:
 def _last_end(job: Job, now: float) -> float:
     ends = [t.end_at for t in job.tiles if t.end_at is not None and t.end_at <= now]
     return max(ends) if ends else job.last_updated_emu
+
+
+def _s3_keys(body: Any, *path: str) -> BucketKeys | None:
+    """The key pair of the ``s3`` object at ``body[path...]["s3"]`` (an input's or the output's), if any."""
+    node = body
+    for key in (*path, "s3"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return None
+    access, secret = node.get("accessKey"), node.get("secretAccessKey")
+    if isinstance(access, str) and isinstance(secret, str) and access and secret:
+        return BucketKeys(access, secret)
+    return None
 
 
 def _output_keys(payload: Any) -> BucketKeys | None:

@@ -282,3 +282,105 @@ def test_cli_flags_take_the_policy_keys_from_the_environment_only(monkeypatch: p
         line = server.ready_line()
     assert "s3_endpoint_url=http://127.0.0.1:9" in line and "canary-policy-secret" not in line
     assert config_from_args(build_parser().parse_args(["--port", "0"])).s3 is None
+
+
+# ------------------------------------------------------------------------------------------ Batch Statistical
+def stat_run(api: Api, emu: EmulatorServer, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from tests.emulator.stat_helpers import STAT
+
+    response = api.post(STAT, json=payload)
+    assert response.status_code == 201, response.text
+    rid = response.json()["id"]
+    assert api.post(f"{STAT}/{rid}/start").status_code == 204
+    freeze(emu)
+    emu.advance(10_000)
+    status = api.get(f"{STAT}/{rid}/status").json()
+    return rid, status
+
+
+def upload_parcels(s3_server: S3Server, bucket: str, scratch: Path, count: int) -> str:
+    from tests.emulator.stat_helpers import write_parcels
+
+    gpkg = write_parcels(scratch, count=count)
+    s3_server.client().put_object(Bucket=bucket, Key="input/parcels.gpkg", Body=gpkg.read_bytes())
+    return f"s3://{bucket}/input/parcels.gpkg"
+
+
+def test_statistical_reads_its_geopackage_and_writes_its_json_over_s3(
+    api: Api, s3_emu: EmulatorServer, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Input read with the input's own (read-only) keys, outputs written with the output's keys; the provider's
+    results table reads them back over S3."""
+    from airflow_provider_sentinel_batch.statistical_results import read_table
+    from tests.emulator.stat_helpers import stat_payload
+
+    features_url = upload_parcels(s3_server, s3_bucket, tmp_path, count=4)
+    reader, writer = s3_server.reader_keys, s3_server.writer_keys
+    payload = stat_payload(
+        **{
+            "input.features.s3": {
+                "url": features_url,
+                "accessKey": reader.access_key,
+                "secretAccessKey": reader.secret_key,
+            },
+            "output.s3": {
+                "url": f"s3://{s3_bucket}/stats",
+                "accessKey": writer.access_key,
+                "secretAccessKey": writer.secret_key,
+            },
+        }
+    )
+    rid, status = stat_run(api, s3_emu, payload)
+    assert status["status"] == "DONE", status
+    assert s3_server.keys_in(s3_bucket, "stats/") == [f"stats/{rid}/{i}.json" for i in (1, 2, 3, 4)]
+    table = read_table(
+        request_id=rid,
+        output_url=f"s3://{s3_bucket}/stats",
+        storage_options={
+            "key": reader.access_key,
+            "secret": reader.secret_key,
+            "client_kwargs": {"endpoint_url": s3_server.endpoint_url, "region_name": s3_server.region},
+        },
+    )
+    counts = table.counts()
+    assert counts["features"] == 4 and counts["ok"] == 4 and counts["failed"] == 0
+    assert {row["feature_id"] for row in table.rows} == {1, 2, 3, 4}
+    assert not any(p.is_file() for p in s3_emu.data_dir.rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong secret", "Cannot read from bucket {bucket}: access denied (SignatureDoesNotMatch: "),
+        ("missing object", "the GeoPackage does not exist."),
+        ("missing bucket", "Bucket no-such-input-bucket does not exist."),
+    ],
+)
+def test_statistical_input_that_cannot_be_read_fails_the_analysis_without_the_secret(
+    api: Api,
+    s3_emu: EmulatorServer,
+    s3_server: S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+    case: str,
+    reason: str,
+) -> None:
+    from tests.emulator.stat_helpers import stat_payload
+
+    features_url = upload_parcels(s3_server, s3_bucket, tmp_path, count=2)
+    secret = "canary-input-secret-3a9d" if case == "wrong secret" else s3_server.reader_keys.secret_key
+    if case == "missing object":
+        features_url = f"s3://{s3_bucket}/input/nothing-here.gpkg"
+    if case == "missing bucket":
+        features_url = "s3://no-such-input-bucket/input/parcels.gpkg"
+    features = {"url": features_url, "accessKey": s3_server.reader_keys.access_key, "secretAccessKey": secret}
+    output = {"url": f"s3://{s3_bucket}/stats", **{k: v for k, v in features.items() if k != "url"}}
+    output.update(
+        accessKey=s3_server.writer_keys.access_key, secretAccessKey=s3_server.writer_keys.secret_key
+    )
+    _, status = stat_run(api, s3_emu, stat_payload(**{"input.features.s3": features, "output.s3": output}))
+    assert status["status"] == "FAILED", status
+    expected = f"Failed to read input features from {features_url}: " + reason.format(bucket=s3_bucket)
+    assert status["error"].startswith(expected), status["error"]
+    assert secret not in json.dumps(status)
+    assert s3_server.keys_in(s3_bucket, "stats/") == []

@@ -400,8 +400,8 @@ def emu_jobs(api: Api) -> int:
 
 
 def test_results_go_over_s3_with_the_request_keys(tmp_path: Path) -> None:
-    """With an S3 endpoint the per-feature JSON files are PUT with the request's ``output.s3`` keys; the
-    GeoPackage is still read from the data dir."""
+    """With an S3 endpoint the GeoPackage is read and the per-feature JSON files are PUT over S3, with the
+    request's ``input.features.s3`` and ``output.s3`` keys."""
     from tests.s3server import S3Server
 
     with (
@@ -409,19 +409,21 @@ def test_results_go_over_s3_with_the_request_keys(tmp_path: Path) -> None:
         EmulatorServer(port=0, time_scale=1e-6, data_dir=tmp_path, s3=s3.emulator_delivery()) as emu,
     ):
         bucket = s3.create_bucket()
-        write_parcels(emu.data_dir, count=3)
+        gpkg = write_parcels(tmp_path / "scratch", count=3)
+        s3.client().put_object(Bucket=bucket, Key="input/parcels.gpkg", Body=gpkg.read_bytes())
         keys = s3.writer_keys
         output = {
             "url": f"s3://{bucket}/stats",
             "accessKey": keys.access_key,
             "secretAccessKey": keys.secret_key,
         }
+        features = {**output, "url": f"s3://{bucket}/input/parcels.gpkg"}
         api = Api(emu)
-        rid = create(api, stat_payload(**{"output.s3": output}))["id"]
+        rid = create(api, stat_payload(**{"output.s3": output, "input.features.s3": features}))["id"]
         api.post(f"{STAT}/{rid}/start")
         emu.advance(5000)
         assert status(api, rid)["status"] == "DONE"
-        assert s3.keys_in(bucket) == [f"stats/{rid}/{i}.json" for i in (1, 2, 3)]
+        assert s3.keys_in(bucket) == ["input/parcels.gpkg", *[f"stats/{rid}/{i}.json" for i in (1, 2, 3)]]
         doc = json.loads(s3.get(bucket, f"stats/{rid}/2.json"))
         assert doc["id"] == 2 and doc["response"]["status"] == "OK"
         assert not (tmp_path / bucket).exists()  # nothing went to the data dir
