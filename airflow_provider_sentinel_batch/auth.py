@@ -1,7 +1,10 @@
 """OAuth2 client-credentials tokens: one cache per process, shared by every hook and every trigger.
 
-Token requests are rate limited by Sentinel Hub, so a token is fetched once per (token URL, client id) and
-reused until shortly before it expires (60-120 s, less for short-lived tokens). The sync side fetches with
+Token requests are rate limited by Sentinel Hub, so a token is fetched once per credentials (token URL, client
+id and client secret) and reused until shortly before it expires (60-120 s, less for short-lived tokens). The
+secret is part of the cache identity only as a keyed hash (HMAC-SHA256 under a random per-process key): a
+connection with the right client id but a wrong secret never gets another connection's token, and neither the
+secret nor a digest that could be guessed offline sits in the cache or its logs. The sync side fetches with
 requests-oauthlib's ``OAuth2Session``; the async side sends the same oauthlib-prepared body over httpx and
 parses the answer with the same oauthlib client, so the two never disagree about what a token is.
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_sentinel_batch.deployments import ConnectionSettings, is_loopback
 from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchAuthError,
+    SentinelBatchCredentialsError,
     SentinelBatchError,
     parse_retry_after,
 )
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
     import httpx
     import requests
 
-TokenKey = tuple[str, str]
+TokenKey = tuple[str, str, str]
 
 _SECRET_PATTERN = re.compile(
     r"""(client_secret|access_token|refresh_token|id_token)(['"]?\s*[:=]\s*['"]?)([^&'",}\s]+)""",
@@ -87,8 +93,19 @@ class Token:
         return (time.time() if now is None else now) < self.refresh_at
 
 
+#: Key of the secret fingerprints; random per process, never stored or logged, so fingerprints cannot be checked
+#: against guessed secrets outside this process.
+_FINGERPRINT_KEY = os.urandom(32)
+
+
+def secret_fingerprint(secret: str) -> str:
+    """A keyed hash of a client secret: equal secrets give equal fingerprints within this process only."""
+    return hmac.new(_FINGERPRINT_KEY, secret.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 def token_key(settings: ConnectionSettings) -> TokenKey:
-    return (settings.token_url, settings.client_id)
+    """The cache identity of a token: token URL, client id and the fingerprint of the client secret."""
+    return (settings.token_url, settings.client_id, secret_fingerprint(settings.client_secret))
 
 
 class TokenCache:
@@ -161,7 +178,10 @@ TOKEN_CACHE = TokenCache()
 
 
 def _token_failure(status: int, body: str, token_url: str, client_id: str) -> SentinelBatchAuthError:
-    """The token endpoint's own error and description, verbatim, plus what to check. Never the secret."""
+    """The token endpoint's own error and description, verbatim, plus what to check. Never the secret.
+
+    Refused credentials (400/401/403) are final; anything else (5xx, 429) may pass on a later try.
+    """
     import json
 
     detail = body.strip()[:300]
@@ -181,7 +201,8 @@ def _token_failure(status: int, body: str, token_url: str, client_id: str) -> Se
             f" Check the client id ({client_id!r}) and secret of the connection, and that the token URL "
             "belongs to the same deployment as the base URL (Sentinel Hub vs CDSE)."
         )
-    return SentinelBatchAuthError(
+    cls = SentinelBatchCredentialsError if status in (400, 401, 403) else SentinelBatchAuthError
+    return cls(
         f"Token request to {token_url} failed: HTTP {status} {detail}.{hint}",
         status=status,
         token_url=token_url,

@@ -17,8 +17,11 @@ class SentinelBatchError(AirflowException):
     """Base class of every error raised by this provider."""
 
 
-class SentinelBatchConfigError(SentinelBatchError, ValueError):
-    """The connection or an argument is wrong; fix the configuration, retrying will not help."""
+class SentinelBatchConfigError(SentinelBatchError, AirflowFailException, ValueError):
+    """The connection or an argument is wrong; fix the configuration, retrying will not help.
+
+    A final outcome: the task fails without Airflow's retries.
+    """
 
 
 class SentinelBatchValidationError(SentinelBatchError, ValueError):
@@ -32,12 +35,23 @@ class SentinelBatchValidationError(SentinelBatchError, ValueError):
 
 
 class SentinelBatchAuthError(SentinelBatchError):
-    """The token endpoint refused to issue a token (never carries the secret)."""
+    """The token endpoint did not issue a token (never carries the secret).
+
+    Raised as is when the endpoint was unreachable or kept failing (a later try may work); refused credentials
+    raise the :class:`SentinelBatchCredentialsError` subclass.
+    """
 
     def __init__(self, message: str, *, status: int | None = None, token_url: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.token_url = token_url
+
+
+class SentinelBatchCredentialsError(SentinelBatchAuthError, AirflowFailException):
+    """The token endpoint refused the credentials (wrong client id or secret, wrong deployment, disabled client).
+
+    A final outcome: the task fails without Airflow's retries (the same credentials will be refused again).
+    """
 
 
 class SentinelBatchAPIError(SentinelBatchError):
@@ -80,6 +94,22 @@ class SentinelBatchAPIError(SentinelBatchError):
             else:
                 lines.append(f"  - {json.dumps(err, sort_keys=True)}")
         return "\n".join(lines)
+
+
+class SentinelBatchPermissionError(SentinelBatchAPIError, AirflowFailException):
+    """401 with a freshly issued token, or 403: the token is not valid for this API or lacks the permission.
+
+    A final outcome: the task fails without Airflow's retries.
+    """
+
+    def render(self) -> str:
+        hint = (
+            "The API refused a freshly issued token: the token URL and the base URL belong to different "
+            "deployments (Sentinel Hub vs CDSE)?"
+            if self.status == 401
+            else "The OAuth client (or its account) is not allowed to do this: check its roles and the account."
+        )
+        return super().render() + "\n  " + hint
 
 
 class SentinelBatchNotFoundError(SentinelBatchAPIError):
@@ -148,7 +178,11 @@ def api_error_from_response(
         errors = [dict(errors)]
     elif not isinstance(errors, list):
         errors = []
-    cls = SentinelBatchNotFoundError if status == 404 else SentinelBatchAPIError
+    cls: type[SentinelBatchAPIError] = SentinelBatchAPIError
+    if status == 404:
+        cls = SentinelBatchNotFoundError
+    elif status in (401, 403):
+        cls = SentinelBatchPermissionError
     return cls(
         status=status,
         method=method,

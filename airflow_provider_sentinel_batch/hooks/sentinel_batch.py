@@ -161,15 +161,23 @@ class SentinelBatchHook(BaseHook):
         json: Any = None,
         request_id: str | None = None,
         retry_on: frozenset[str] | None = None,
+        token: str | None = None,
     ) -> Any:
-        """One API call with the shared retry policy; returns the decoded JSON body (``None`` for 204)."""
+        """One API call with the shared retry policy; returns the decoded JSON body (``None`` for 204).
+
+        ``token`` sends that token instead of the cached one (and a 401 is then final, not a refresh).
+        """
         import requests
 
         from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, token_key
 
+        fixed_token = token
+        retry_policy = self.retry_policy
+
         def once() -> requests.Response:
-            for refreshed in (False, True):
-                token = self.get_token()
+            # ``refreshed``: no second chance left; a fixed token has none (a 401 is then the answer)
+            for refreshed in (True,) if fixed_token else (False, True):
+                token = fixed_token or self.get_token()
                 try:
                     response = self.session.request(
                         method, url, params=params, json=json, timeout=self.timeout, auth=_StaticBearer(token)
@@ -188,13 +196,13 @@ class SentinelBatchHook(BaseHook):
                     headers=response.headers,
                     reason=response.reason,
                     request_id=request_id,
-                    not_found_grace=self.retry_policy.not_found_grace,
+                    not_found_grace=retry_policy.not_found_grace,
                 )
                 return response
             raise AssertionError("unreachable")  # pragma: no cover
 
         try:
-            for attempt in self.retry_policy.retrying(f"{method} {url}", self._sleep, retry_on):
+            for attempt in retry_policy.retrying(f"{method} {url}", self._sleep, retry_on):
                 with attempt:
                     response = once()
         except TransientError as exc:
@@ -205,11 +213,13 @@ class SentinelBatchHook(BaseHook):
         return api.decode_body(response.status_code, response.text, method, url)
 
     def _paginate(
-        self, url: str, params: dict[str, Any], *, request_id: str | None = None
+        self, url: str, params: dict[str, Any], *, request_id: str | None = None, **call: Any
     ) -> Iterator[dict[str, Any]]:
         pages = api.Pages(url, params)
         while not pages.done:
-            yield from pages.advance(self._call("GET", pages.url, params=pages.params, request_id=request_id))
+            yield from pages.advance(
+                self._call("GET", pages.url, params=pages.params, request_id=request_id, **call)
+            )
 
     # ------------------------------------------------------------------------------- requests (v1 + v2)
     def create_request(
@@ -447,11 +457,20 @@ class SentinelBatchHook(BaseHook):
         return output_location(self._version(api_version), payload)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Fetch a token and list tiling grids: free of PU, and proves both URLs and the credentials."""
+        """Fetch a fresh token and list tiling grids with it: free of PU, and proves both URLs and the credentials.
+
+        The token is neither taken from nor put into the process-wide cache, so the answer is about exactly
+        these credentials, whatever this process fetched before.
+        """
+        from airflow_provider_sentinel_batch.auth import fetch_token_sync
+
         try:
             settings = self.settings
-            self.get_token()
-            grids = self.list_tiling_grids(use_cache=False)
+            fresh = fetch_token_sync(
+                settings, policy=self.retry_policy, timeout=self.timeout, sleep=self._sleep
+            )
+            grids_url = api.grids_url(settings.base_url, self.api_version)
+            grids = list(self._paginate(grids_url, {}, token=str(fresh["access_token"])))
         except Exception as exc:
             return False, str(exc)
         message = (
