@@ -165,7 +165,9 @@ def settings_from_connection(conn: _ConnectionLike, extra: dict[str, Any]) -> Co
         )
     name = str(extra.get("deployment") or "").strip().lower() or None
     base_url = extra.get("base_url") or None
-    token_url = extra.get("token_url") or None
+    # "auth_url": Airflow hides extra values whose key contains "token" (the edit form shows ***, logs too);
+    # "token_url" is still read for connections made before.
+    token_url = extra.get("auth_url") or extra.get("token_url") or None
     if not base_url and conn.host:
         host = conn.host if "://" in conn.host else f"https://{conn.host}"
         base_url = f"{host}:{conn.port}" if conn.port and "://" not in conn.host else host
@@ -180,7 +182,8 @@ def settings_from_connection(conn: _ConnectionLike, extra: dict[str, Any]) -> Co
     token_url = token_url or (preset.token_url if preset else None)
     if not base_url or not token_url:
         raise SentinelBatchConfigError(
-            f"{where}: deployment 'custom' needs both 'base_url' and 'token_url' in the connection extra."
+            f"{where}: deployment 'custom' needs both 'base_url' and 'auth_url' (the OAuth2 token URL) in the "
+            "connection extra."
         )
     return ConnectionSettings(
         client_id=conn.login,

@@ -79,7 +79,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "e.g. https://services.sentinel-hub.com; empty = the deployment's.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
-                    "token_url": {
+                    "auth_url": {
                         "label": "Token URL (override)",
                         "description": "OAuth2 token endpoint; empty = the deployment's.",
                         "schema": {"type": ["string", "null"], "format": "url"},

@@ -155,7 +155,7 @@ class EmulatorServer:
                 "extra": {
                     "deployment": "custom",
                     "base_url": self.base_url,
-                    "token_url": self.token_url,
+                    "auth_url": self.token_url,
                     "api_version": api_version,
                 },
             }

@@ -106,7 +106,7 @@ class SentinelBatchHook(BaseHook):
                 description=f"One of: {deployments}. Sets base URL and token URL together.",
             ),
             "base_url": StringField(lazy_gettext("Base URL (override)"), widget=BS3TextFieldWidget()),
-            "token_url": StringField(lazy_gettext("Token URL (override)"), widget=BS3TextFieldWidget()),
+            "auth_url": StringField(lazy_gettext("Token URL (override)"), widget=BS3TextFieldWidget()),
             "api_version": StringField(
                 lazy_gettext("Default Batch API version"),
                 widget=BS3TextFieldWidget(),

@@ -74,5 +74,9 @@ def test_wrong_secret_fails_the_task_without_airflow_retries(dag_runner, sentine
     create = result.task("create")
     assert create.state == "failed", result.describe()
     assert create.try_number == 1, result.describe()  # retries=2 configured, none used
-    assert "HTTP 401 invalid_client" in create.log and WRONG not in create.log
+    # the token URL is readable in the error (a "token_url" extra would have it masked as ***)
+    assert (
+        f"Token request to {sentinel_batch_emulator.token_url} failed: HTTP 401 invalid_client" in create.log
+    )
+    assert WRONG not in create.log
     assert sentinel_batch_emulator.stats()["token_requests"] == 1

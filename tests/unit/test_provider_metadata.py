@@ -28,7 +28,7 @@ from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHo
 DIST = "airflow-provider-sentinel-batch"
 HOOK_CLASS = "airflow_provider_sentinel_batch.hooks.sentinel_batch.SentinelBatchHook"
 AIRFLOW_2 = metadata.version("apache-airflow").startswith("2.")
-CONN_FIELDS = {"deployment", "base_url", "token_url", "api_version"}
+CONN_FIELDS = {"deployment", "base_url", "auth_url", "api_version"}
 
 
 def _conn_type_entry() -> dict:

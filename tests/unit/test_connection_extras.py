@@ -1,0 +1,108 @@
+"""Connection extras as Airflow's secrets masker sees them: none of the provider's keys is hidden."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_sentinel_batch.get_provider_info import get_provider_info
+from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
+
+
+def _should_hide(key: str) -> bool:
+    try:  # Airflow 3 (the same rules as the API server's, in airflow._shared)
+        from airflow.sdk._shared.secrets_masker import should_hide_value_for_key
+    except ImportError:  # Airflow 2.11
+        from airflow.utils.log.secrets_masker import should_hide_value_for_key
+    return bool(should_hide_value_for_key(key))
+
+
+def _conn_fields() -> list[str]:
+    (entry,) = get_provider_info()["connection-types"]
+    return sorted(entry["conn-fields"])
+
+
+def test_the_masker_check_works_here():
+    # positive controls: the same check hides what it must, including the old token URL key
+    assert _should_hide("password") and _should_hide("client_secret") and _should_hide("token_url")
+
+
+@pytest.mark.parametrize("key", _conn_fields())
+def test_no_extra_key_is_treated_as_sensitive(key):
+    assert not _should_hide(key)
+    assert not _should_hide(f"extra__sentinel_batch__{key}")  # the form's prefixed key (Airflow 2.x, 3.0/3.1)
+
+
+def test_form_widgets_use_the_same_keys():
+    pytest.importorskip("flask_appbuilder", reason="3.2+ builds the form from conn-fields, without Flask")
+    assert sorted(SentinelBatchHook.get_connection_form_widgets()) == _conn_fields()
+
+
+@pytest.mark.parametrize("key", ["auth_url", "token_url", "extra__sentinel_batch__auth_url"])
+def test_auth_url_and_its_alias_set_the_token_url(monkeypatch, key):
+    token_url = "http://127.0.0.1:8787/auth/realms/main/protocol/openid-connect/token"
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "client-1",
+        "password": "a-secret-value",
+        "extra": {"deployment": "custom", "base_url": "http://127.0.0.1:8787", key: token_url},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    assert SentinelBatchHook().settings.token_url == token_url
+
+
+def test_auth_url_wins_over_the_alias(monkeypatch):
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "client-1",
+        "password": "a-secret-value",
+        "extra": {
+            "deployment": "custom",
+            "base_url": "http://127.0.0.1:8787",
+            "auth_url": "http://127.0.0.1:8787/new",
+            "token_url": "http://127.0.0.1:8787/old",
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    assert SentinelBatchHook().settings.token_url == "http://127.0.0.1:8787/new"
+
+
+def test_custom_without_urls_names_the_keys(monkeypatch):
+    from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
+
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "c",
+        "password": "a-secret-value",
+        "extra": {"deployment": "custom"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    with pytest.raises(SentinelBatchConfigError, match="'base_url' and 'auth_url'"):
+        _ = SentinelBatchHook().settings
+
+
+def _masker():
+    try:  # Airflow 3: what a task's connection lookup and its log lines go through
+        from airflow.sdk._shared.secrets_masker import redact
+    except ImportError:  # Airflow 2.11
+        from airflow.utils.log.secrets_masker import redact
+    return redact
+
+
+@pytest.mark.parametrize(("key", "masked"), [("token_url", True), ("auth_url", False)])
+def test_the_token_url_stays_readable_in_log_lines(monkeypatch, key, masked):
+    """Airflow registers the values of sensitive extra keys as secrets when a task reads the extras."""
+    from airflow.providers.common.compat.sdk import BaseHook
+
+    token_url = f"http://127.0.0.1:{9101 if masked else 9102}/auth/realms/main/protocol/openid-connect/token"
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "client-1",
+        "password": "a-secret-value",
+        "extra": {"deployment": "custom", "base_url": "http://127.0.0.1:8787", key: token_url},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_MASKED_OR_NOT", json.dumps(conn))
+    _ = BaseHook.get_connection("masked_or_not").extra_dejson  # what Airflow's own lookups do
+    line = f"Token request to {token_url} failed: HTTP 401"
+    assert (_masker()(line) == "Token request to *** failed: HTTP 401") is masked
