@@ -7,9 +7,10 @@ URL and the token URL must be chosen together (a CDSE token on services.sentinel
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
 
@@ -19,11 +20,14 @@ DEFAULT_API_VERSION = "v2"
 
 @dataclass(frozen=True)
 class Deployment:
+    """One Sentinel Hub deployment: its API, its identity provider and its dashboard, chosen together."""
+
     name: str
     base_url: str
     token_url: str
     dashboard_url: str
     realm: str
+    label: str
 
 
 _SH_TOKEN = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
@@ -35,6 +39,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
         _SH_TOKEN,
         "https://apps.sentinel-hub.com/dashboard/#/batch",
         "main",
+        "Sentinel Hub EU",
     ),
     "sentinel-hub-us": Deployment(
         "sentinel-hub-us",
@@ -42,6 +47,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
         _SH_TOKEN,
         "https://apps.sentinel-hub.com/dashboard/#/batch",
         "main",
+        "Sentinel Hub US West",
     ),
     "cdse": Deployment(
         "cdse",
@@ -49,6 +55,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
         "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token",
         "https://shapps.dataspace.copernicus.eu/dashboard/#/batch",
         "CDSE",
+        "Copernicus Data Space Ecosystem",
     ),
 }
 DEPLOYMENT_NAMES = (*DEPLOYMENTS, "custom")
@@ -116,6 +123,30 @@ class _ConnectionLike(Protocol):
     conn_id: str
 
 
+def connection_extra(conn: Any) -> dict[str, Any]:
+    """The connection's extras as a dict, read without Airflow's secrets masker.
+
+    ``Connection.extra_dejson`` registers every extra value with the masker, which logs "Skipping masking for a
+    secret as it's too short" for any value under 5 characters (``api_version`` "v2", ``deployment`` "cdse")
+    whatever its key. None of this connection's extras is a secret (the client secret is the password, which
+    Airflow masks when it loads the connection), so they are parsed here instead.
+    """
+    raw = getattr(conn, "extra", None)
+    if isinstance(raw, dict):
+        return dict(raw)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        conn_id = getattr(conn, "conn_id", None)
+        raise SentinelBatchConfigError(
+            f"connection {conn_id!r}: the extra is not a JSON object; expected e.g. "
+            '{"deployment": "sentinel-hub-eu", "api_version": "v2"}.'
+        ) from None
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Everything a client needs to talk to one deployment. The secret is excluded from repr."""
@@ -128,10 +159,59 @@ class ConnectionSettings:
     deployment: str = "custom"
     conn_id: str | None = None
 
+    def describe(self) -> str:
+        """Where this connection goes, for people: the preset's name, or the URLs when they are not a preset's."""
+        preset = DEPLOYMENTS.get(self.deployment)
+        if preset is not None and (self.base_url, self.token_url) == (preset.base_url, preset.token_url):
+            return f"{preset.label} ({self.base_url})"
+        where = f"{self.base_url} (token URL {self.token_url}"
+        if preset is not None:
+            where += f"; overrides the {preset.label} preset"
+        return where + ")"
+
+    @property
+    def family(self) -> Deployment | None:
+        """The preset this connection talks to: by name, else by base URL host, else by token realm."""
+        dep = DEPLOYMENTS.get(self.deployment) or deployment_for_base_url(self.base_url)
+        if dep is None:
+            realm = realm_of_token_url(self.token_url)
+            dep = next((d for d in DEPLOYMENTS.values() if d.realm == realm), None)
+        return dep
+
+    @property
+    def is_emulator(self) -> bool:
+        """A loopback base URL: the local emulator (the only service plain http is allowed for)."""
+        return is_loopback(self.base_url)
+
     @property
     def dashboard_url(self) -> str | None:
-        dep = DEPLOYMENTS.get(self.deployment) or deployment_for_base_url(self.base_url)
+        """The dashboard's batch page (requests are at ``<it>/<request id>``); the emulator serves its own."""
+        if self.is_emulator:
+            return f"{self.base_url}/dashboard/batch"
+        dep = self.family
         return dep.dashboard_url if dep else None
+
+    def output_page(self, location: str | None) -> str | None:
+        """A web page that shows an output location (``s3://bucket/prefix/``), or None when there is none.
+
+        Sentinel Hub delivers to AWS S3, so its buckets open in the AWS S3 console (which finds the bucket's
+        region itself); CDSE buckets have no web console. The emulator lists the files it wrote.
+        """
+        if not location:
+            return None
+        if location.startswith(("https://", "http://")):
+            return location
+        if not location.startswith("s3://"):
+            return None
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        if not bucket:
+            return None
+        if self.is_emulator:
+            return f"{self.base_url}/dashboard/outputs/{quote(bucket)}/{quote(prefix)}"
+        dep = self.family
+        if dep is not None and dep.realm == "main":
+            return f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?prefix={quote(prefix, safe='')}"
+        return None
 
     def non_secret(self) -> dict[str, Any]:
         """Primitive kwargs safe to serialize (trigger kwargs, logs)."""
@@ -152,12 +232,17 @@ def check_api_version(api_version: str | None) -> str:
     return version
 
 
-def settings_from_connection(conn: _ConnectionLike, extra: dict[str, Any]) -> ConnectionSettings:
-    """Resolve a `sentinel_batch` connection (JSON or URI form) into settings, with errors that say what to fix."""
+def settings_from_connection(
+    conn: _ConnectionLike, extra: dict[str, Any], *, where: str | None = None
+) -> ConnectionSettings:
+    """Resolve a `sentinel_batch` connection (JSON or URI form) into settings, with errors that say what to fix.
+
+    ``where`` names the connection in errors (default: by its id).
+    """
     conn_id = getattr(conn, "conn_id", None)
     # Airflow 2.x UI forms may store custom fields as "extra__sentinel_batch__<field>"
     extra = {k.removeprefix("extra__sentinel_batch__"): v for k, v in (extra or {}).items()}
-    where = f"connection {conn_id!r}" if conn_id else "the connection"
+    where = where or (f"connection {conn_id!r}" if conn_id else "the connection")
     if not conn.login or not conn.password:
         raise SentinelBatchConfigError(
             f"{where} needs the OAuth client id as login and the client secret as password "

@@ -8,6 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 DEPLOYMENT_CHOICES = ["sentinel-hub-eu", "sentinel-hub-us", "cdse", "custom"]
+#: What the connection form shows for each deployment (the same presets as ``deployments.DEPLOYMENTS``).
+DEPLOYMENT_LABELS = {
+    "sentinel-hub-eu": "Sentinel Hub EU (services.sentinel-hub.com)",
+    "sentinel-hub-us": "Sentinel Hub US West (services-uswest2.sentinel-hub.com)",
+    "cdse": "Copernicus Data Space Ecosystem (sh.dataspace.copernicus.eu)",
+    "custom": "Custom: the two URLs below",
+}
+_PRESETS = (
+    "Presets: Sentinel Hub EU https://services.sentinel-hub.com, Sentinel Hub US West "
+    "https://services-uswest2.sentinel-hub.com (both with tokens from "
+    "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token); Copernicus Data Space "
+    "Ecosystem https://sh.dataspace.copernicus.eu (tokens from "
+    "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token)."
+)
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -62,32 +76,44 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "host", "extra"],
                     "relabeling": {"login": "Client ID", "password": "Client secret"},
-                    "placeholders": {"login": "OAuth client id", "password": "OAuth client secret"},
+                    "placeholders": {
+                        "login": "OAuth client id",
+                        "password": "OAuth client secret",
+                        "base_url": "empty = the deployment's, e.g. https://services.sentinel-hub.com",
+                        "auth_url": "empty = the deployment's token URL",
+                    },
                 },
                 "conn-fields": {
                     "deployment": {
                         "label": "Deployment",
-                        "description": "Sets base URL and token URL together; 'custom' uses the two fields below.",
+                        "description": "Sets the base URL and the token URL together. " + _PRESETS,
                         "schema": {
                             "type": "string",
                             "enum": DEPLOYMENT_CHOICES,
+                            "values_display": DEPLOYMENT_LABELS,
                             "default": "sentinel-hub-eu",
                         },
                     },
                     "base_url": {
                         "label": "Base URL (override)",
-                        "description": "e.g. https://services.sentinel-hub.com; empty = the deployment's.",
+                        "description": "Needed for 'custom'; otherwise leave empty to use the deployment's.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
                     "auth_url": {
                         "label": "Token URL (override)",
-                        "description": "OAuth2 token endpoint; empty = the deployment's.",
+                        "description": "OAuth2 token endpoint. Needed for 'custom'; otherwise leave empty to use "
+                        "the deployment's.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
                     "api_version": {
                         "label": "Default Batch API version",
-                        "description": "v2 is the current API; v1 is deprecated upstream but fully supported.",
-                        "schema": {"type": "string", "enum": ["v2", "v1"], "default": "v2"},
+                        "description": "Empty = v2, the current API; v1 is deprecated upstream but fully "
+                        "supported. Tasks may override it.",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": ["v2", "v1", None],
+                            "values_display": {"v2": "v2 (current)", "v1": "v1 (deprecated upstream)"},
+                        },
                     },
                 },
             }

@@ -49,8 +49,35 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+def plain_network_reason(exc: BaseException) -> str:
+    """What went wrong on the network, in a few plain words instead of the HTTP library's nested reprs."""
+    text = str(exc)
+    name = type(exc).__name__
+    lowered = text.lower()
+    if "timeout" in name.lower() or "timed out" in lowered or isinstance(exc, TimeoutError):
+        return "no answer in time (timed out)"
+    if (
+        "name or service not known" in lowered
+        or "nameresolution" in lowered
+        or "failed to resolve" in lowered
+    ):
+        return "the host name does not resolve (check the URL)"
+    if "nodename nor servname" in lowered or "temporary failure in name resolution" in lowered:
+        return "the host name does not resolve (check the URL)"
+    if "connection refused" in lowered or "all connection attempts failed" in lowered:
+        return "connection refused (nothing answers at that host and port)"
+    if "ssl" in lowered or "certificate" in lowered:
+        return "the TLS handshake failed (certificate or protocol problem)"
+    if "reset by peer" in lowered or "remotedisconnected" in lowered or "connection aborted" in lowered:
+        return "the connection was dropped by the other side"
+    first_line = text.splitlines()[0] if text else ""
+    return f"{name}: {first_line[:200]}" if first_line else name
+
+
 def connection_error(method: str, url: str, exc: BaseException) -> TransientError:
-    error = SentinelBatchError(f"Could not reach Sentinel Hub at {method} {url}: {type(exc).__name__}: {exc}")
+    error = SentinelBatchError(
+        f"Could not reach Sentinel Hub at {method} {url}: {plain_network_reason(exc)}."
+    )
     return TransientError(CONNECTION, error)
 
 

@@ -1,4 +1,5 @@
-"""HTTP layer: the FastAPI app with the v1/v2 Batch routes, the token endpoints and ``/_emulator``.
+"""HTTP layer: the FastAPI app with the v1/v2 Batch routes, the token endpoints, ``/_emulator`` and the
+read-only ``/dashboard`` pages.
 
 A gateway in ``__call__`` (before FastAPI's own middleware) counts calls per route template, injects faults
 and checks bearer tokens. It sits there because dropping a connection needs uvicorn's transport, which is
@@ -28,6 +29,7 @@ from .auth import INVALID_CLIENT, TOKEN_PATHS
 from .config import EmulatorConfig
 from .errors import ApiError, bad_payload, error_body, unauthorized
 from .grids import GRIDS
+from .pages import add_page_routes
 from .state import EmulatorState
 
 MAX_PAGE = 100
@@ -281,6 +283,7 @@ def create_app(config: EmulatorConfig | None = None, *, state: EmulatorState | N
     _grid_routes(app)
     statistical.register(app, st)
     _control_routes(app, st)
+    add_page_routes(app, st)
     return app
 
 

@@ -146,18 +146,20 @@ class EmulatorServer:
         return self.state.data_dir
 
     def airflow_conn_json(self, api_version: str = "v2") -> str:
-        """Value for ``AIRFLOW_CONN_<CONN_ID>``: a ``sentinel_batch`` connection pointing here."""
+        """Value for ``AIRFLOW_CONN_<CONN_ID>``: a ``sentinel_batch`` connection pointing here.
+
+        ``api_version`` is left out when it is the default (v2): Airflow 3 logs "Skipping masking for a secret
+        as it's too short" for any extra value under 5 characters.
+        """
+        extra = {"deployment": "custom", "base_url": self.base_url, "auth_url": self.token_url}
+        if api_version != "v2":
+            extra["api_version"] = api_version
         return json.dumps(
             {
                 "conn_type": "sentinel_batch",
                 "login": self.client_id,
                 "password": self.client_secret,
-                "extra": {
-                    "deployment": "custom",
-                    "base_url": self.base_url,
-                    "auth_url": self.token_url,
-                    "api_version": api_version,
-                },
+                "extra": extra,
             }
         )
 

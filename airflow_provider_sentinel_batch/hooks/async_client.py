@@ -30,7 +30,11 @@ import httpx
 
 from airflow_provider_sentinel_batch import api
 from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, fetch_token_async, token_key
-from airflow_provider_sentinel_batch.deployments import ConnectionSettings, settings_from_connection
+from airflow_provider_sentinel_batch.deployments import (
+    ConnectionSettings,
+    connection_extra,
+    settings_from_connection,
+)
 from airflow_provider_sentinel_batch.retry import (
     RetryPolicy,
     TransientError,
@@ -118,11 +122,10 @@ async def _release(base_url: str, pool: _Pool) -> None:
 
 async def settings_for_conn_id(conn_id: str) -> ConnectionSettings:
     """Resolve a connection without blocking the loop (async helpers of common-compat on every version)."""
-    from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+    from airflow.providers.common.compat.connection import get_async_connection
 
     conn = await get_async_connection(conn_id)
-    extra = await get_async_extra_dejson(conn)
-    return settings_from_connection(conn, extra)
+    return settings_from_connection(conn, connection_extra(conn))
 
 
 class SentinelBatchAsyncClient:

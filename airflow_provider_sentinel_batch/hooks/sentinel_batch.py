@@ -16,6 +16,7 @@ from airflow_provider_sentinel_batch.deployments import (
     DEPLOYMENTS,
     ConnectionSettings,
     check_api_version,
+    connection_extra,
     deployment_mismatch,
     settings_from_connection,
 )
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 _GRID_CACHE: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
 _GRID_CACHE_LOCK = threading.Lock()
 GRID_CACHE_SECONDS = 3600.0
+#: Seconds per HTTP call of ``test_connection`` (a person is waiting at the Test button).
+TEST_CONNECTION_TIMEOUT = 10.0
 
 
 class SentinelBatchHook(BaseHook):
@@ -83,7 +86,12 @@ class SentinelBatchHook(BaseHook):
         return {
             "hidden_fields": ["schema", "port", "host", "extra"],
             "relabeling": {"login": "Client ID", "password": "Client secret"},
-            "placeholders": {"login": "OAuth client id", "password": "OAuth client secret"},
+            "placeholders": {
+                "login": "OAuth client id",
+                "password": "OAuth client secret",
+                "base_url": "empty = the deployment's, e.g. https://services.sentinel-hub.com",
+                "auth_url": "empty = the deployment's token URL",
+            },
         }
 
     @classmethod
@@ -97,28 +105,35 @@ class SentinelBatchHook(BaseHook):
         from flask_babel import lazy_gettext
         from wtforms import StringField
 
-        deployments = ", ".join((*DEPLOYMENTS, "custom"))
+        presets = "; ".join(f"{name}: {dep.label}, {dep.base_url}" for name, dep in DEPLOYMENTS.items())
         return {
             "deployment": StringField(
                 lazy_gettext("Deployment"),
                 widget=BS3TextFieldWidget(),
                 default="sentinel-hub-eu",
-                description=f"One of: {deployments}. Sets base URL and token URL together.",
+                description=f"Sets base URL and token URL together. {presets}; custom: the two URLs below.",
             ),
-            "base_url": StringField(lazy_gettext("Base URL (override)"), widget=BS3TextFieldWidget()),
-            "auth_url": StringField(lazy_gettext("Token URL (override)"), widget=BS3TextFieldWidget()),
+            "base_url": StringField(
+                lazy_gettext("Base URL (override)"),
+                widget=BS3TextFieldWidget(),
+                description="Needed for 'custom'; otherwise leave empty to use the deployment's.",
+            ),
+            "auth_url": StringField(
+                lazy_gettext("Token URL (override)"),
+                widget=BS3TextFieldWidget(),
+                description="OAuth2 token endpoint. Needed for 'custom'; otherwise leave empty.",
+            ),
             "api_version": StringField(
                 lazy_gettext("Default Batch API version"),
                 widget=BS3TextFieldWidget(),
-                default="v2",
-                description="v2 (current) or v1.",
+                description="Empty = v2 (current); or v1.",
             ),
         }
 
     @cached_property
     def settings(self) -> ConnectionSettings:
         conn = self.get_connection(self.sentinel_batch_conn_id)
-        return settings_from_connection(conn, conn.extra_dejson)
+        return settings_from_connection(conn, connection_extra(conn))
 
     @property
     def api_version(self) -> str:
@@ -162,17 +177,21 @@ class SentinelBatchHook(BaseHook):
         request_id: str | None = None,
         retry_on: frozenset[str] | None = None,
         token: str | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """One API call with the shared retry policy; returns the decoded JSON body (``None`` for 204).
 
-        ``token`` sends that token instead of the cached one (and a 401 is then final, not a refresh).
+        ``token`` sends that token instead of the cached one (and a 401 is then final, not a refresh);
+        ``policy`` and ``timeout`` replace the hook's for this call.
         """
         import requests
 
         from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, token_key
 
         fixed_token = token
-        retry_policy = self.retry_policy
+        retry_policy = policy or self.retry_policy
+        timeout = timeout or self.timeout
 
         def once() -> requests.Response:
             # ``refreshed``: no second chance left; a fixed token has none (a 401 is then the answer)
@@ -180,7 +199,7 @@ class SentinelBatchHook(BaseHook):
                 token = fixed_token or self.get_token()
                 try:
                     response = self.session.request(
-                        method, url, params=params, json=json, timeout=self.timeout, auth=_StaticBearer(token)
+                        method, url, params=params, json=json, timeout=timeout, auth=_StaticBearer(token)
                     )
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     raise connection_error(method, url, exc) from None
@@ -450,8 +469,13 @@ class SentinelBatchHook(BaseHook):
             validate_payload(payload, version, grids=self.list_tiling_grids(api_version=version))
 
     def dashboard_url(self, request_id: str) -> str | None:
+        """The request's dashboard page (the emulator's own page for a loopback base URL)."""
         base = self.settings.dashboard_url
         return f"{base}/{request_id}" if base else None
+
+    def output_page(self, location: str | None) -> str | None:
+        """A web page for an output location: the AWS S3 console (Sentinel Hub), the emulator's file list."""
+        return self.settings.output_page(location)
 
     def output_location(self, payload: dict[str, Any], *, api_version: str | None = None) -> str | None:
         return output_location(self._version(api_version), payload)
@@ -460,22 +484,29 @@ class SentinelBatchHook(BaseHook):
         """Fetch a fresh token and list tiling grids with it: free of PU, and proves both URLs and the credentials.
 
         The token is neither taken from nor put into the process-wide cache, so the answer is about exactly
-        these credentials, whatever this process fetched before.
+        these credentials, whatever this process fetched before. A person waits for the answer: one try per
+        call, at most ``TEST_CONNECTION_TIMEOUT`` seconds each, and errors in plain words.
         """
         from airflow_provider_sentinel_batch.auth import fetch_token_sync
 
+        policy = RetryPolicy(max_attempts=1, max_rate_limited=1, max_call_seconds=TEST_CONNECTION_TIMEOUT)
+        timeout = min(self.timeout, TEST_CONNECTION_TIMEOUT)
         try:
-            settings = self.settings
-            fresh = fetch_token_sync(
-                settings, policy=self.retry_policy, timeout=self.timeout, sleep=self._sleep
-            )
-            grids_url = api.grids_url(settings.base_url, self.api_version)
-            grids = list(self._paginate(grids_url, {}, token=str(fresh["access_token"])))
+            settings = self.__dict__.get("settings")
+            if settings is None:
+                # the UI tests an unsaved form under a random connection id: do not name it in errors
+                conn = self.get_connection(self.sentinel_batch_conn_id)
+                settings = settings_from_connection(conn, connection_extra(conn), where="this connection")
+            api_version = self._api_version or settings.api_version
+            fresh = fetch_token_sync(settings, policy=policy, timeout=timeout, sleep=self._sleep)
+            grids_url = api.grids_url(settings.base_url, api_version)
+            token = str(fresh["access_token"])
+            grids = list(self._paginate(grids_url, {}, token=token, policy=policy, timeout=timeout))
         except Exception as exc:
             return False, str(exc)
         message = (
-            f"Connected to {settings.deployment} ({settings.base_url}, Batch {self.api_version}): "
-            f"token issued, {len(grids)} tiling grids visible."
+            f"Connected to {settings.describe()}, Batch {api_version}: token issued, "
+            f"{len(grids)} tiling grids visible."
         )
         warning = deployment_mismatch(settings.base_url, settings.token_url)
         if warning:

@@ -33,8 +33,7 @@ def test_function_fixture_defaults(sentinel_batch_emulator: EmulatorServer, tmp_
         "extra": {
             "deployment": "custom",
             "base_url": emu.base_url,
-            "token_url": emu.token_url,
-            "api_version": "v2",
+            "auth_url": emu.token_url,
         },
     }
     assert json.loads(emu.airflow_conn_json(api_version="v1"))["extra"]["api_version"] == "v1"

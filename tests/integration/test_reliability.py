@@ -200,7 +200,7 @@ def override_task_kwargs(monkeypatch: pytest.MonkeyPatch, cls: type, task_id: st
 
 def cdse_token_conn(server: EmulatorServer, version: str) -> str:
     conn = json.loads(server.airflow_conn_json(version))
-    conn["extra"]["token_url"] = server.cdse_token_url
+    conn["extra"]["auth_url"] = server.cdse_token_url
     return json.dumps(conn)
 
 

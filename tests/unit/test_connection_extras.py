@@ -106,3 +106,55 @@ def test_the_token_url_stays_readable_in_log_lines(monkeypatch, key, masked):
     _ = BaseHook.get_connection("masked_or_not").extra_dejson  # what Airflow's own lookups do
     line = f"Token request to {token_url} failed: HTTP 401"
     assert (_masker()(line) == "Token request to *** failed: HTTP 401") is masked
+
+
+def test_the_emulator_connection_logs_no_short_secret_warning(monkeypatch, caplog, tmp_path):
+    """Airflow 3 warns once per process for any extra value under 5 characters ("v2") when it loads a
+    connection (its own lookup reads ``extra_dejson``); the connection the emulator prints has none."""
+    masker = pytest.importorskip("airflow.sdk._shared.secrets_masker.secrets_masker")
+    from airflow_provider_sentinel_batch.emulator import EmulatorServer
+
+    conn = json.loads(
+        EmulatorServer(data_dir=tmp_path).airflow_conn_json("v2")
+    )  # not started: no port needed
+    caplog.set_level("WARNING")
+
+    def warned(extra: dict) -> bool:
+        monkeypatch.setattr(masker.SecretsMasker, "_has_warned_short_secret", False)
+        monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps({**conn, "extra": extra}))
+        caplog.clear()
+        settings = SentinelBatchHook().settings
+        assert settings.api_version == extra.get("api_version", "v2")
+        return "Skipping masking for a secret as it's too short" in caplog.text
+
+    assert not warned(conn["extra"])
+    assert warned({**conn["extra"], "api_version": "v2"})  # positive control: the value that caused it
+
+
+async def test_the_trigger_reads_the_connection_the_same_way(monkeypatch):
+    from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
+
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "client-1",
+        "password": "a-secret-value",
+        "extra": {"deployment": "cdse", "api_version": "v1"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    settings = await settings_for_conn_id("sentinel_batch_default")
+    assert (settings.deployment, settings.api_version) == ("cdse", "v1")
+    assert settings == SentinelBatchHook().settings
+
+
+def test_an_extra_that_is_not_json_is_a_clear_error(monkeypatch):
+    from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
+
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "c",
+        "password": "a-secret-value",
+        "extra": "deployment=cdse",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    with pytest.raises(SentinelBatchConfigError, match="not a JSON object"):
+        _ = SentinelBatchHook().settings

@@ -518,7 +518,7 @@ def test_connection_presets_and_overrides(conn_env, monkeypatch):
     ("extra", "message"),
     [
         ({"deployment": "mars"}, "unknown deployment 'mars'"),
-        ({"deployment": "custom", "base_url": "http://example.com"}, "needs both 'base_url' and 'token_url'"),
+        ({"deployment": "custom", "base_url": "http://example.com"}, "needs both 'base_url' and 'auth_url'"),
         (
             {"deployment": "custom", "base_url": "http://example.com", "token_url": "https://x/t"},
             "plain http to a non-loopback",
