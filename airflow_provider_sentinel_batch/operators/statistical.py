@@ -32,7 +32,8 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
         requires it, ``False`` skips it). ``None`` writes nothing and only reports the counts.
     :param results_conn_id: Airflow connection with read access to the bucket (login = access key, password =
         secret key; extras ``endpoint_url``, ``region_name``); needs the ``s3`` extra.
-    :param results_url: fsspec URL under which the bucket is mirrored (``s3://b/k`` → ``<results_url>/b/k``).
+    :param results_url: fsspec URL under which the bucket is mirrored (``s3://b/k`` → ``<results_url>/b/k``);
+        when set (and not itself ``s3://``), ``results_conn_id`` is not used for reading.
     :param results_storage_options: extra fsspec options for reading.
     :param table_conn_id: connection whose keys write ``table_path`` when it is an ``s3://`` URL.
     :param max_failed_features: fail when more features than this failed.
@@ -118,7 +119,13 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
             request_id=rid,
             output_url=url,
             results_url=self.results_url,
-            storage_options=self._storage_options(self.results_conn_id, self.results_storage_options),
+            storage_options=self._storage_options(
+                # a mirror (results_url) is read as it is; the connection's keys are for the bucket itself
+                None
+                if self.results_url and not str(self.results_url).startswith("s3")
+                else self.results_conn_id,
+                self.results_storage_options,
+            ),
         )
         counts = table.counts()
         location = output_root(url, rid)
