@@ -138,6 +138,15 @@ def _run_dag(dag_id: str, env: dict[str, str], log_path: Path) -> tuple[int, dic
     return rc, summary
 
 
+def _s3_outputs(s3: Any, location: str | None) -> tuple[str | None, list[str]]:
+    """The objects under ``location`` (names relative to it), listed over the S3 API with read-only keys."""
+    if not location or not location.startswith("s3://"):
+        return None, []
+    bucket, _, prefix = location[len("s3://") :].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    return location, [key[len(prefix) :] for key in s3.keys_in(bucket, prefix)]
+
+
 def _local_outputs(data_dir: Path, location: str | None) -> tuple[Path | None, list[Path]]:
     """The emulator writes ``s3://bucket/key`` to ``<data_dir>/bucket/key``."""
     if not location or not location.startswith("s3://"):
@@ -147,9 +156,14 @@ def _local_outputs(data_dir: Path, location: str | None) -> tuple[Path | None, l
     return folder, files
 
 
-def _report(summary: dict[str, Any], data_dir: Path) -> bool:
-    """Print one job's summary; True when it is DONE with outputs on disk."""
-    folder, files = _local_outputs(data_dir, summary.get("output_location"))
+def _report(summary: dict[str, Any], data_dir: Path, s3: Any = None) -> bool:
+    """Print one job's summary; True when it is DONE with outputs on disk (or in the S3 server)."""
+    if s3 is None:
+        local, paths = _local_outputs(data_dir, summary.get("output_location"))
+        folder = str(local) if local is not None else None
+        files = [str(path.relative_to(local)) for path in paths] if local is not None else []
+    else:
+        folder, files = _s3_outputs(s3, summary.get("output_location"))
     cost = summary.get("cost_pu")
     _say(f"  {summary.get('dag_id')} (Batch {summary.get('api_version')})")
     _say(f"    request id : {summary.get('request_id')}")
@@ -165,12 +179,35 @@ def _report(summary: dict[str, Any], data_dir: Path) -> bool:
         _say(f"    cost       : {cost} PU (costPU)")
     _say(f"    outputs    : {summary.get('output_location')}")
     if folder is not None:
-        _say(f"                 -> {folder} ({len(files)} files)")
-        for path in files[:4]:
-            _say(f"                    {path.relative_to(folder)}")
+        where = "objects in the S3 server" if s3 is not None else "files"
+        _say(f"                 -> {folder} ({len(files)} {where})")
+        for name in files[:4]:
+            _say(f"                    {name}")
         if len(files) > 4:
             _say(f"                    ... and {len(files) - 4} more")
-    return summary.get("status") == "DONE" and bool(files)
+    manifest = summary.get("results")
+    if manifest:
+        counts = manifest.get("counts") or {}
+        _say(
+            f"    manifest   : {manifest.get('source')} read over S3 (results_conn_id): {counts.get('done')} done, "
+            f"{counts.get('failed')} failed of {counts.get('total')}"
+        )
+        _say(f"                 {manifest.get('execution_db')}")
+    manifest_ok = bool(manifest) or s3 is None or summary.get("api_version") != "v2"  # --s3 shows it for v2
+    return summary.get("status") == "DONE" and bool(files) and manifest_ok
+
+
+def _start_s3(bucket: str) -> Any:
+    """A moto S3 server on 127.0.0.1 with the demo bucket (moto comes with the project's test extra)."""
+    from airflow_provider_sentinel_batch.emulator.s3server import S3Server
+
+    started = time.monotonic()
+    s3 = S3Server().start()
+    s3.create_bucket(bucket)
+    _say(
+        f"==> S3 server (moto): {s3.endpoint_url}, bucket {bucket}, ready in {time.monotonic() - started:.1f}s"
+    )
+    return s3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=30.0, help="emulated seconds per real second")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="status poll interval in seconds")
     parser.add_argument("--bucket", default="sentinel-batch-demo", help="bucket name used in the payloads")
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="deliver into a local S3-compatible server (moto, on 127.0.0.1) and read the v2 result manifest "
+        "back over the S3 API with a read-only key (results_conn_id)",
+    )
     args = parser.parse_args(argv)
     dags = args.dags or list(DEFAULT_DAGS)
     dags_folder = args.dags_folder.resolve()
@@ -205,14 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
 
     began = time.monotonic()
+    s3 = _start_s3(args.bucket) if args.s3 else None
     server = EmulatorServer(
-        EmulatorConfig(host="127.0.0.1", port=0, time_scale=args.time_scale, data_dir=data_dir)
+        EmulatorConfig(
+            host="127.0.0.1",
+            port=0,
+            time_scale=args.time_scale,
+            data_dir=data_dir,
+            s3=s3.emulator_delivery() if s3 is not None else None,
+        )
     )
     server.start()
     results: list[tuple[str, int, dict[str, Any] | None]] = []
     try:
-        _say(f"==> emulator: {server.base_url} (time scale x{args.time_scale:g}), outputs in {data_dir}")
+        outputs_at = (
+            f"outputs in bucket {args.bucket} at {s3.endpoint_url}" if s3 else f"outputs in {data_dir}"
+        )
+        _say(f"==> emulator: {server.base_url} (time scale x{args.time_scale:g}), {outputs_at}")
         env = _airflow_env(home, dags_folder, server.airflow_conn_json("v2"), args)
+        if s3 is not None:  # delivery with the server's writer keys, result manifest with its reader keys
+            env["AIRFLOW_CONN_SENTINEL_BATCH_BUCKET"] = json.dumps(s3.airflow_conn(s3.writer_keys))
+            env["AIRFLOW_CONN_SENTINEL_BATCH_RESULTS"] = json.dumps(s3.airflow_conn(s3.reader_keys))
+            env["SENTINEL_BATCH_RESULTS_CONN_ID"] = "sentinel_batch_results"
         _say(f"==> Airflow metadata DB (SQLite) in {home}: airflow db migrate")
         step = time.monotonic()
         with (logs / "db-migrate.log").open("w") as log:
@@ -240,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = summary.get("jobs")  # max_ndvi_per_aoi reports a list
         for job in jobs if isinstance(jobs, list) else [summary]:
             job = {"dag_id": dag_id, "api_version": summary.get("api_version", "v2"), **job}
-            ok = _report(job, data_dir) and rc == 0 and ok
+            ok = _report(job, data_dir, s3) and rc == 0 and ok
+    if s3 is not None:  # (it also exits with this process)
+        s3.stop()
     _say(
         f"\n  emulator: {stats.get('jobs_created')} jobs created, "
         f"{sum(stats.get('calls', {}).values())} API calls, {stats.get('token_requests')} token requests"

@@ -39,6 +39,9 @@ POLL_INTERVAL = float(os.environ.get("SENTINEL_BATCH_POLL_INTERVAL", "60"))
 ANALYSIS_POLL_INTERVAL = float(os.environ.get("SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL", "10"))
 MAX_COST_PU = float(os.environ.get("SENTINEL_BATCH_MAX_COST_PU", "500"))
 BUCKET_CONN_ID = "sentinel_batch_bucket"
+# A connection that may read the bucket (aws: access key, secret, endpoint_url): the wait then reads the execution
+# database and the feature manifest from it and returns the result manifest. Unset: no bucket reads.
+RESULTS_CONN_ID = os.environ.get("SENTINEL_BATCH_RESULTS_CONN_ID") or None
 
 
 def setting(name: str, default: str) -> str:
@@ -133,6 +136,7 @@ with DAG(
         cancel_on_timeout=True,
         # v2 bills while processing: the trigger STOPs the job once costPU passes this, then the task fails
         max_cost_pu=MAX_COST_PU,
+        results_conn_id=RESULTS_CONN_ID,
         created_at=CREATED_AT,
         **common,
     )
@@ -159,6 +163,14 @@ with DAG(
         )
         print(f"  cost: {line['cost_pu']} PU (max {MAX_COST_PU:g})")
         print(f"  outputs: {location}")
+        manifest = result.get("results")
+        if manifest:  # read from the bucket through RESULTS_CONN_ID
+            counts = manifest.get("counts") or {}
+            line["results"] = {k: manifest.get(k) for k in ("source", "counts", "execution_db")}
+            print(
+                f"  result manifest ({manifest.get('source')}): {counts.get('done')} done, "
+                f"{counts.get('failed')} failed of {counts.get('total')}"
+            )
         print("SENTINEL_BATCH_SUMMARY " + json.dumps(line, sort_keys=True))
         return line
 

@@ -9,10 +9,14 @@ as login, secret as password, extra ``endpoint_url``). Nothing here reads the em
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +310,59 @@ def test_lineage_output_file_count_from_the_bucket(emu, s3_server, s3_bucket, mo
     output = metadata.outputs[0]
     assert (output.namespace, output.name) == (f"s3://{s3_bucket}", f"ndvi/{rid}")
     assert output.outputFacets["outputStatistics"].fileCount == len(tiffs) > 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_v2_dag_reads_its_manifest_over_s3(dag_runner, emu, s3_server, monkeypatch):
+    """The Corsica v2 example with SENTINEL_BATCH_RESULTS_CONN_ID: what ``bash .ci/demo --s3`` shows."""
+    use(monkeypatch, emu, "v2")
+    if "sentinel-batch-demo" not in _buckets(s3_server):  # the example's default bucket
+        s3_server.create_bucket("sentinel-batch-demo")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET", json.dumps(s3_server.airflow_conn(s3_server.writer_keys))
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_S3_RESULTS", json.dumps(s3_server.airflow_conn(s3_server.reader_keys)))
+    env = {
+        "SENTINEL_BATCH_POLL_INTERVAL": "0.2",
+        "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.1",
+        "SENTINEL_BATCH_RESULTS_CONN_ID": "s3_results",
+    }
+    dags = ROOT / "dags_examples"
+    result = dag_runner(
+        dags / "corsica_max_ndvi_v2.py", "corsica_max_ndvi_v2", support_files=[dags / "include"], env=env
+    )
+    assert result.succeeded, result.describe()
+    summary = result.xcom("summary")
+    rid = summary["request_id"]
+    assert summary["results"]["source"] == "execution database"
+    assert summary["results"]["execution_db"] == f"s3://sentinel-batch-demo/{rid}/execution-{rid}.sqlite"
+    counts = summary["results"]["counts"]
+    tiffs = [k for k in s3_server.keys_in("sentinel-batch-demo", f"{rid}/") if k.endswith(".tif")]
+    assert counts["total"] == counts["done"] == len(tiffs) > 0 and counts["failed"] == 0
+    assert_no_secrets(result, s3_server.writer_keys.secret_key, s3_server.reader_keys.secret_key)
+
+
+def _buckets(s3_server: S3Server) -> set[str]:
+    return {b["Name"] for b in s3_server.client().list_buckets().get("Buckets", [])}
+
+
+def test_demo_s3_flag_shows_the_v2_manifest_read_over_s3(tmp_path):
+    """``bash .ci/demo --s3`` on this Airflow line: its own S3 server, delivery into it, manifest read back."""
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME"}
+    command = [
+        sys.executable,
+        "-m",
+        "airflow_provider_sentinel_batch.demo",
+        "--workdir",
+        str(tmp_path / "demo"),
+    ]
+    command += ["--s3", "--dag", "corsica_max_ndvi_v2", "--time-scale", "200", "--poll-interval", "0.5"]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "==> S3 server (moto): http://127.0.0.1:" in out
+    assert "objects in the S3 server)" in out and "default.tif" in out
+    assert "manifest   : execution database read over S3 (results_conn_id): 66 done, 0 failed of 66" in out
+    assert "DONE: demo ran in" in out
