@@ -366,3 +366,57 @@ def test_demo_s3_flag_shows_the_v2_manifest_read_over_s3(tmp_path):
     assert "objects in the S3 server)" in out and "default.tif" in out
     assert "manifest   : execution database read over S3 (results_conn_id): 66 done, 0 failed of 66" in out
     assert "DONE: demo ran in" in out
+
+
+def test_statistical_geopackage_in_json_out_and_the_table_over_s3(
+    emu, s3_server, s3_bucket, monkeypatch, tmp_path
+):
+    """Batch Statistical: the GeoPackage read from the bucket with the input's keys, the per-feature JSON written
+    with the output's keys, the table operator reading them with results_conn_id and writing its CSV into the
+    bucket with table_conn_id: every step over the S3 API."""
+    from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
+    from airflow_provider_sentinel_batch.operators.statistical import SentinelBatchStatisticalTableOperator
+    from tests.emulator.stat_helpers import stat_payload, write_parcels
+
+    use(monkeypatch, emu, "v2")
+    gpkg = write_parcels(tmp_path, count=6)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="input/parcels.gpkg", Body=gpkg.read_bytes())
+    reader, writer = s3_server.reader_keys, s3_server.writer_keys
+    payload = stat_payload(
+        **{
+            "input.features.s3": {
+                "url": f"s3://{s3_bucket}/input/parcels.gpkg",
+                "accessKey": reader.access_key,
+                "secretAccessKey": reader.secret_key,
+            },
+            "output.s3": {
+                "url": f"s3://{s3_bucket}/stats",
+                "accessKey": writer.access_key,
+                "secretAccessKey": writer.secret_key,
+            },
+        }
+    )
+    emu.state.set_time_scale(1e-6)
+    emu.state.queue_job_overrides(tile_failure_rate=0.34)
+    hook = SentinelBatchHook()
+    rid = hook.create_statistical_request(payload)["id"]
+    hook.start_statistical(rid)
+    emu.advance(10_000)
+    assert hook.get_statistical_status(rid)["status"] == "DONE"
+    assert len(s3_server.keys_in(s3_bucket, f"stats/{rid}/")) == 6
+
+    op = SentinelBatchStatisticalTableOperator(
+        task_id="table",
+        request_id=rid,
+        results_conn_id="s3_results",
+        table_path=f"s3://{s3_bucket}/tables/ndvi",
+        table_conn_id="s3_delivery",
+        parquet=False,
+    )
+    summary = op.execute({})
+    counts = summary["counts"]
+    assert counts["features"] == 6 and counts["ok"] + counts["failed"] == 6 and 0 < counts["failed"] < 6
+    assert summary["tables"] == [f"s3://{s3_bucket}/tables/ndvi.csv"]
+    csv_text = s3_server.get(s3_bucket, "tables/ndvi.csv").decode()
+    assert len(csv_text.strip().splitlines()) == counts["rows"] + 1  # header + one line per row
+    assert reader.secret_key not in str(summary) and writer.secret_key not in str(summary)
