@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -30,14 +32,22 @@ LIST_V2 = f"{BASE}/api/v2/batch/process"
 LIST_V1 = f"{BASE}/api/v1/batch/process"
 LIST_STAT = f"{BASE}/api/v1/statistics/batch"
 FAST = {"max_attempts": 2, "max_rate_limited": 2, "backoff_initial": 0.0, "default_retry_after": 0.0}
-NOW = time.time()
+NOW = time.time()  # reset before every test (below): the watcher compares with the real clock
+
+
+@pytest.fixture(autouse=True)
+def _now(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "NOW", time.time())
 
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def v2(rid: str, status: str, *, updated: float = NOW, created: float | None = None, desc: str = "ndvi"):
+def v2(
+    rid: str, status: str, *, updated: float | None = None, created: float | None = None, desc: str = "ndvi"
+):
+    updated = NOW if updated is None else updated
     return {
         "id": rid,
         "status": status,
@@ -237,7 +247,8 @@ def records(*items, api_version="v2"):
     return [compact(api_version, i) for i in items]
 
 
-def observe(state, items, *, targets=("DONE",), watermark=NOW - 60, matches=lambda r: True):
+def observe(state, items, *, targets=("DONE",), watermark=None, matches=lambda r: True):
+    watermark = NOW - 60 if watermark is None else watermark
     fired = state.observe(items, matches=matches, targets=frozenset(targets), watermark=watermark)
     return [r["id"] for r in fired]
 
@@ -302,7 +313,7 @@ def test_memory_is_bounded_and_forgotten_requests_never_fire_twice():
     items = records(*(v2(f"r{i}", "DONE", updated=NOW + i) for i in range(5)))
     assert observe(state, items) == [f"r{i}" for i in range(5)]
     assert len(state.reported) == 3 and set(state.reported) == {"r2", "r3", "r4"}
-    assert state.floor == pytest.approx(NOW + 1, abs=0.01)
+    assert state.floor == math.ceil(NOW + 1)  # whole seconds, rounded up
     assert observe(state, items) == []  # r0/r1 are below the floor: not reported again
     # a request that leaves the listing (deleted / out of the window) is forgotten without raising the floor
     assert observe(state, items[2:4]) == [] and set(state.reported) == {"r2", "r3"}
@@ -410,8 +421,9 @@ async def test_v1_watcher_lists_the_v1_endpoint(api, no_sleep):
     assert len(effect.requests) == 3
 
 
-def stat(rid: str, status: str, *, updated: float = NOW, url: str = "s3://stats/ndvi") -> dict:
+def stat(rid: str, status: str, *, updated: float | None = None, url: str = "s3://stats/ndvi") -> dict:
     """A Batch Statistical request as its list returns it (``costPu``, the spec's spelling; no description)."""
+    updated = NOW if updated is None else updated
     return {
         "id": rid,
         "status": status,
