@@ -213,17 +213,6 @@ class ConnectionSettings:
             return f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?prefix={quote(prefix, safe='')}"
         return None
 
-    def non_secret(self) -> dict[str, Any]:
-        """Primitive kwargs safe to serialize (trigger kwargs, logs)."""
-        return {
-            "client_id": self.client_id,
-            "base_url": self.base_url,
-            "token_url": self.token_url,
-            "api_version": self.api_version,
-            "deployment": self.deployment,
-            "conn_id": self.conn_id,
-        }
-
 
 def check_api_version(api_version: str | None) -> str:
     version = (api_version or DEFAULT_API_VERSION).lower()

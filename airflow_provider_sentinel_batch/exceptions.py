@@ -16,6 +16,9 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 class SentinelBatchError(AirflowException):
     """Base class of every error raised by this provider."""
 
+    #: Set when a call gave up after retrying failures that only mean "not now" (429, 5xx, network).
+    retries_exhausted: bool = False
+
 
 class SentinelBatchConfigError(SentinelBatchError, AirflowFailException, ValueError):
     """The connection or an argument is wrong; fix the configuration, retrying will not help.

@@ -65,8 +65,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            "airflow_provider_sentinel_batch.operators.batch.SentinelBatchDashboardLink",
-            "airflow_provider_sentinel_batch.operators.batch.SentinelBatchOutputLink",
+            "airflow_provider_sentinel_batch.links.SentinelBatchDashboardLink",
+            "airflow_provider_sentinel_batch.links.SentinelBatchOutputLink",
         ],
         "connection-types": [
             {

@@ -240,15 +240,15 @@ class RetryPolicy:
         return tenacity.AsyncRetrying(**kwargs)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that only mean "not now" (rate limits, 5xx, network) after a call's retries ran out."""
-    return bool(getattr(exc, "retries_exhausted", False))
+def retries_ran_out(exc: BaseException) -> bool:
+    """True for an error that only means "not now" (rate limits, 5xx, network): the call's retries ran out."""
+    return isinstance(exc, SentinelBatchError) and exc.retries_exhausted
 
 
 def final_error(exc: TransientError) -> SentinelBatchError:
     """What the caller sees once retries are exhausted: the last underlying error, annotated."""
     error = exc.error
-    error.retries_exhausted = True  # type: ignore[attr-defined]  # transient: a later poll may succeed
+    error.retries_exhausted = True  # transient: a later poll may succeed
     if isinstance(error, SentinelBatchAPIError) and exc.kind == RATE_LIMITED:
         error.args = (error.render() + "\n  (still rate limited after retrying; lower the polling rate?)",)
     return error

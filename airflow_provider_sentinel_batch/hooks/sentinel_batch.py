@@ -21,7 +21,6 @@ from airflow_provider_sentinel_batch.deployments import (
     settings_from_connection,
 )
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchError
-from airflow_provider_sentinel_batch.models import output_location
 from airflow_provider_sentinel_batch.retry import (
     RECENT_REQUESTS,
     SURELY_REFUSED,
@@ -476,9 +475,6 @@ class SentinelBatchHook(BaseHook):
     def output_page(self, location: str | None) -> str | None:
         """A web page for an output location: the AWS S3 console (Sentinel Hub), the emulator's file list."""
         return self.settings.output_page(location)
-
-    def output_location(self, payload: dict[str, Any], *, api_version: str | None = None) -> str | None:
-        return output_location(self._version(api_version), payload)
 
     def test_connection(self) -> tuple[bool, str]:
         """Fetch a fresh token and list tiling grids with it: free of PU, and proves both URLs and the credentials.

@@ -102,12 +102,14 @@ def test_corsica_workflow_end_to_end(dag_runner, emulator, version):
     assert summary["request_id"] == result.xcom("create")
     assert summary["cost_pu"] > 0
     if version == "v1":
-        assert summary["tiles"]["PROCESSED"] > 0 and summary["output_location"].startswith(
-            "s3://corsica-bucket/"
+        assert (
+            summary["tiles"]["PROCESSED"] > 0
+            and summary["location"] == f"s3://corsica-bucket/{summary['request_id']}/"
         )
     else:
         assert (
-            summary["completionPercentage"] == 100 and summary["output_location"] == "s3://corsica-bucket/v2"
+            summary["completionPercentage"] == 100
+            and summary["location"] == f"s3://corsica-bucket/v2/{summary['request_id']}/"
         )
     assert result.deferrals("wait") >= 1 or result.xcom("wait")  # waited on the triggerer or was already DONE
     assert result.xcom("analyse")["status"] in ("ANALYSIS_DONE", "PROCESSING", "DONE")
