@@ -218,6 +218,6 @@ async def test_trigger_recreated_from_serialize_mid_wait_continues(sentinel_batc
     assert classpath.endswith("SentinelBatchTrigger")
     second = SentinelBatchTrigger(**json.loads(json.dumps(kwargs)))
     event = (await asyncio.wait_for(second.run().__anext__(), timeout=60)).payload
-    assert event["status"] == "success"
+    assert event["outcome"] == "success"
     stats = sentinel_batch_emulator.stats()
     assert not any(k.endswith("/stop") for k in stats["calls"])  # the restart did not stop the job
