@@ -25,6 +25,7 @@ _PRESETS = (
 
 
 def get_provider_info() -> dict[str, Any]:
+    """The provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
     return {
         "package-name": "airflow-provider-sentinel-batch",
         "name": "Sentinel Hub Batch",

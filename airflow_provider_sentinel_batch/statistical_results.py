@@ -239,7 +239,7 @@ def read_table(
 def _read_documents(
     request_id: str, output_url: str, results_url: str | None, storage_options: Mapping[str, Any] | None
 ) -> Iterable[tuple[str, Any]]:
-    from airflow_provider_sentinel_batch.results import BucketReader
+    from airflow_provider_sentinel_batch.bucket import BucketReader
 
     reader = BucketReader(results_url, storage_options)
     root = output_root(output_url, request_id)

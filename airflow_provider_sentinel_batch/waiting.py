@@ -236,6 +236,21 @@ def stop_note(
     return f"; {action} FAILED ({error}) — check the job in the dashboard"
 
 
+#: The polling pace of a :class:`Watch`, named as on the tasks and the trigger.
+PACE_FIELDS = ("poll_interval", "analysis_poll_interval", "max_poll_interval")
+#: The fields of a :class:`Watch` that a trigger takes over as keyword arguments of the same name.
+TRIGGER_FIELDS = (
+    "request_id",
+    "api_version",
+    "wait_for",
+    *PACE_FIELDS,
+    "max_cost_pu",
+    "deadline",
+    "stale_status",
+    "stale_until",
+)
+
+
 @dataclass(frozen=True)
 class Look:
     """What one look at the request told the waiting loop: the verdict, and whether the status changed."""
@@ -264,22 +279,30 @@ class Watch:
         otherwise ``analysis_poll_interval`` before processing and ``poll_interval`` after.
     """
 
+    # what is waited for
     request_id: str
     api_version: str
     wait_for: str
+    # how often to look
     poll_interval: float = 60.0
     analysis_poll_interval: float = 10.0
     max_poll_interval: float | None = None
     adaptive: bool = False
+    # when to give up, and what to ignore
     max_cost_pu: float | None = None
     deadline: float | None = None
     stale_status: str | None = None
     stale_until: float | None = None
+    # what the looks so far have shown
     started: float = field(default_factory=time.time)
     last_status: str | None = None
     # (time, completionPercentage) of the looks just before and at the first and the latest change
     progress: list[tuple[float, float]] = field(default_factory=list)
     last_sample: tuple[float, float] | None = None
+
+    def trigger_kwargs(self) -> dict[str, Any]:
+        """What a trigger needs to go on with this wait elsewhere (primitives only; see :data:`TRIGGER_FIELDS`)."""
+        return {name: getattr(self, name) for name in TRIGGER_FIELDS}
 
     def expect_stale(self, status: str, until: float) -> None:
         """Ignore ``status`` until ``until`` (epoch seconds): the service shows it a while after a restart."""

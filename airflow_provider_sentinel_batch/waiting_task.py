@@ -32,6 +32,7 @@ from airflow_provider_sentinel_batch.manifest import DEFAULT_LIMIT
 from airflow_provider_sentinel_batch.models import WAIT_TARGETS, Status, TileStatus
 from airflow_provider_sentinel_batch.waiting import (
     OUTCOME_KEY,
+    PACE_FIELDS,
     Look,
     Outcome,
     Verdict,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
 DEFAULT_CONN_ID = "sentinel_batch_default"
+#: Templated fields of every task on an existing request (the sensor and the request operators).
+REQUEST_TEMPLATE_FIELDS = ("request_id", "created_at", "max_cost_pu", "sentinel_batch_conn_id", "api_version")
 PARTIAL_POLICIES = ("fail", "succeed_with_warning", "restart")
 
 
@@ -201,16 +204,10 @@ class WaitsForBatch(SentinelBatchTask):
             raise SentinelBatchConfigError(
                 f"wait_for must be one of {', '.join(WAIT_TARGETS)}, got {wait_for!r}"
             )
-        return Watch(
-            request_id=request_id,
-            api_version=self.version,
-            wait_for=wait_for,
-            poll_interval=self.poll_interval,
-            analysis_poll_interval=self.analysis_poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            max_cost_pu=self.cost_budget,
-            deadline=deadline,
-        )
+        pace = {name: getattr(self, name) for name in PACE_FIELDS}
+        watch = Watch(request_id=request_id, api_version=self.version, wait_for=wait_for, **pace)
+        watch.max_cost_pu, watch.deadline = self.cost_budget, deadline
+        return watch
 
     def _look(self, watch: Watch, request: dict[str, Any]) -> Look:
         look = watch.look(request)
@@ -284,20 +281,11 @@ class WaitsForBatch(SentinelBatchTask):
         from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
 
         trigger = SentinelBatchTrigger(
-            request_id=watch.request_id,
+            **watch.trigger_kwargs(),
             conn_id=self.sentinel_batch_conn_id,
-            api_version=self.version,
-            wait_for=watch.wait_for,
-            poll_interval=self.poll_interval,
-            analysis_poll_interval=self.analysis_poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            deadline=watch.deadline,
             cancel_on_timeout=self.cancel_on_timeout,
             cancel_on_kill=self.cancel_on_kill,
-            max_cost_pu=watch.max_cost_pu,
             created_at=created_at,
-            stale_status=watch.stale_status,
-            stale_until=watch.stale_until if watch.stale_status else None,
             retry_policy=self.hook.retry_policy.to_dict(),
         )
         # The trigger enforces the deadline itself; the framework timeout is only a backstop.

@@ -36,7 +36,11 @@ from airflow_provider_sentinel_batch.models import (
     nobody_asked,
 )
 from airflow_provider_sentinel_batch.waiting import describe, failure_message, summarize
-from airflow_provider_sentinel_batch.waiting_task import SentinelBatchTask, WaitsForBatch
+from airflow_provider_sentinel_batch.waiting_task import (
+    REQUEST_TEMPLATE_FIELDS,
+    SentinelBatchTask,
+    WaitsForBatch,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -178,6 +182,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         raise exc
 
     def execute(self, context: Context) -> str:
+        """Re-attach to this task instance's request, or create it; returns the request id."""
         tag = idempotency_tag(context)
         payload = self._build_payload(tag)
         if self.reuse_existing:
@@ -211,13 +216,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
 class _RequestOperator(WaitsForBatch, SentinelBatchBaseOperator):
     """An operator on an existing request (by id) that can also wait for it (``wait_for_completion``)."""
 
-    template_fields: Sequence[str] = (
-        "request_id",
-        "created_at",
-        "max_cost_pu",
-        "sentinel_batch_conn_id",
-        "api_version",
-    )
+    template_fields: Sequence[str] = REQUEST_TEMPLATE_FIELDS
 
     def __init__(self, *, request_id: str, wait_for_completion: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -245,6 +244,7 @@ class SentinelBatchAnalyseOperator(_RequestOperator):
     """Ask for analysis (free: tile list and, on v1, the PU estimate); optionally wait for ANALYSIS_DONE."""
 
     def execute(self, context: Context) -> Any:
+        """Send ANALYSE unless analysis was asked or done; optionally wait for ANALYSIS_DONE."""
         request = self._read()
         status, action = request.get("status"), request.get("userAction")
         self.record_request(context, self.request_id, request)
@@ -267,6 +267,7 @@ class SentinelBatchStartOperator(_RequestOperator):
     get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def execute(self, context: Context) -> Any:
+        """Send START unless started (cost guard first); optionally wait for DONE."""
         request = self._read()
         status, action = request.get("status"), request.get("userAction")
         self.record_request(context, self.request_id, request)
@@ -317,6 +318,7 @@ class SentinelBatchCancelOperator(_RequestOperator):
     """Cancel (v1) or stop (v2) a job; an already finished job is fine. v2: no restart for 30 min after STOP."""
 
     def execute(self, context: Context) -> str:
+        """Cancel/stop an unfinished job; returns the status after."""
         request = self._read()
         status = request.get("status")
         if status in TERMINAL[self.version]:
@@ -341,6 +343,7 @@ class SentinelBatchRestartPartialOperator(_RequestOperator):
         super().__init__(api_version=api_version, **kwargs)
 
     def execute(self, context: Context) -> Any:
+        """Restart the failed tiles of a PARTIAL job; then wait for DONE or until it left PARTIAL."""
         if self.version != "v1":
             raise SentinelBatchConfigError(
                 "restartpartial exists only in Batch v1 (v2 has no PARTIAL status)."

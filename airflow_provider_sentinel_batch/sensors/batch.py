@@ -17,7 +17,11 @@ from airflow_provider_sentinel_batch import lineage
 from airflow_provider_sentinel_batch.links import SentinelBatchDashboardLink, SentinelBatchOutputLink
 from airflow_provider_sentinel_batch.models import Status
 from airflow_provider_sentinel_batch.waiting import Outcome, Watch
-from airflow_provider_sentinel_batch.waiting_task import DEFAULT_CONN_ID, WaitsForBatch
+from airflow_provider_sentinel_batch.waiting_task import (
+    DEFAULT_CONN_ID,
+    REQUEST_TEMPLATE_FIELDS,
+    WaitsForBatch,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -36,13 +40,7 @@ class SentinelBatchSensor(WaitsForBatch, BaseSensorOperator):
     :return: a summary dict (request id, status, cost, tiles, output location, dashboard URL).
     """
 
-    template_fields: Sequence[str] = (
-        "request_id",
-        "created_at",
-        "max_cost_pu",
-        "sentinel_batch_conn_id",
-        "api_version",
-    )
+    template_fields: Sequence[str] = REQUEST_TEMPLATE_FIELDS
     operator_extra_links = (SentinelBatchDashboardLink(), SentinelBatchOutputLink())
     get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 

@@ -17,7 +17,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_sentinel_batch.models import Status
-from airflow_provider_sentinel_batch.waiting import Outcome, Watch, describe, stop_note
+from airflow_provider_sentinel_batch.waiting import TRIGGER_FIELDS, Outcome, Watch, describe, stop_note
 
 
 class SentinelBatchTrigger(BaseTrigger):
@@ -110,19 +110,7 @@ class SentinelBatchTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     def _new_watch(self) -> Watch:
-        return Watch(
-            request_id=self.request_id,
-            api_version=self.api_version,
-            wait_for=self.wait_for,
-            poll_interval=self.poll_interval,
-            analysis_poll_interval=self.analysis_poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            adaptive=self.adaptive,
-            max_cost_pu=self.max_cost_pu,
-            deadline=self.deadline,
-            stale_status=self.stale_status,
-            stale_until=self.stale_until,
-        )
+        return Watch(**{name: getattr(self, name) for name in TRIGGER_FIELDS}, adaptive=self.adaptive)
 
     def _client(self, settings: Any) -> Any:
         from airflow_provider_sentinel_batch.hooks.async_client import SentinelBatchAsyncClient
