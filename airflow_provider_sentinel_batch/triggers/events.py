@@ -38,7 +38,7 @@ except ImportError as _exc:  # Airflow 2.x
     ) from _exc
 
 from airflow_provider_sentinel_batch import statistical
-from airflow_provider_sentinel_batch.models import output_location
+from airflow_provider_sentinel_batch.layout import location_of
 
 #: Statuses a watcher may wait for, per API (Batch Processing v1 / v2, Batch Statistical).
 WATCHABLE = {
@@ -119,7 +119,7 @@ def compact(api_version: str, item: dict[str, Any]) -> dict[str, Any]:
             location = statistical.output_root(url, request_id) if url else None
             match = url or ""
         else:
-            location = output_location(api_version, item, request_id)
+            location = location_of(api_version, item, request_id)
             match = str(description or "")
     except Exception:
         location, match = None, str(description or "")
