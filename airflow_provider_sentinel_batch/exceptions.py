@@ -107,6 +107,7 @@ class SentinelBatchPermissionError(SentinelBatchAPIError, AirflowFailException):
     """
 
     def render(self) -> str:
+        """The API error text plus what a 401/403 on a fresh token usually means."""
         hint = (
             "The API refused a freshly issued token: the token URL and the base URL belong to different "
             "deployments (Sentinel Hub vs CDSE)?"

@@ -93,6 +93,7 @@ class StatisticsTable:
 
     @property
     def columns(self) -> list[str]:
+        """The table's column names: the fixed ones, then one per percentile found."""
         return [*BASE_COLUMNS, *self.percentile_columns]
 
     def counts(self) -> dict[str, int]:
@@ -166,6 +167,7 @@ class StatisticsTable:
                     self.rows.append(row)
 
     def sort(self) -> None:
+        """Order the rows by feature, interval and output, so a table reads the same every time."""
         def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
             fid = row["feature_id"]
             return (
@@ -207,6 +209,7 @@ class StatisticsTable:
 
 
 def parquet_available() -> bool:
+    """Whether pyarrow is installed (Parquet output needs it)."""
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401

@@ -408,6 +408,7 @@ class SentinelBatchHook(BaseHook):
         return (normalised(r) for r in self._paginate(api.statistical_url(self.settings.base_url), params))
 
     def list_statistical_requests(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every Batch Statistical request matching the filters, all pages read."""
         return list(self.iter_statistical_requests(**kwargs))
 
     def get_statistical_request(self, request_id: str) -> dict[str, Any]:

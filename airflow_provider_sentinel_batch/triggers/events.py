@@ -194,6 +194,7 @@ class WatchState:
         self.max_remembered = max(1, int(max_remembered))
 
     def to_json(self) -> dict[str, Any]:
+        """The state as stored in the asset state store (primitives only)."""
         return {
             "version": _STATE_VERSION,
             "reported": self.reported,
@@ -367,6 +368,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         self._saved: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and primitive kwargs, as stored in the metadata database."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -410,6 +412,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
             yield records
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """The events of this watcher from a poll shared with other watchers of the same connection."""
         await self._load()
         async for records in shared_stream:
             async for event in self._emit(records):
