@@ -168,6 +168,7 @@ class StatisticsTable:
 
     def sort(self) -> None:
         """Order the rows by feature, interval and output, so a table reads the same every time."""
+
         def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
             fid = row["feature_id"]
             return (
