@@ -6,12 +6,18 @@ with the optional ``apache-airflow-providers-openlineage``); never import it at 
 
 from __future__ import annotations
 
+import functools
+
 import attr
 from airflow.providers.common.compat.openlineage.facet import DatasetFacet, RunFacet
 
 SCHEMA_BASE = (
     "https://airflow-provider-sentinel-batch.invalid/spec/facets/1-0-0"  # no public schema registry yet
 )
+
+
+def _schema_url(name: str) -> str:
+    return f"{SCHEMA_BASE}/{name}.json#/$defs/{name}"
 
 
 @attr.define
@@ -30,9 +36,7 @@ class SentinelBatchRunFacet(RunFacet):
     done: int | None = attr.field(default=None)
     failed: int | None = attr.field(default=None)
 
-    @staticmethod
-    def _get_schema() -> str:
-        return f"{SCHEMA_BASE}/SentinelBatchRunFacet.json#/$defs/SentinelBatchRunFacet"
+    _get_schema = staticmethod(functools.partial(_schema_url, "SentinelBatchRunFacet"))
 
 
 @attr.define
@@ -46,6 +50,4 @@ class SentinelHubInputDatasetFacet(DatasetFacet):
     maxCloudCoverage: float | None = attr.field(default=None)
     mosaickingOrder: str | None = attr.field(default=None)
 
-    @staticmethod
-    def _get_schema() -> str:
-        return f"{SCHEMA_BASE}/SentinelHubInputDatasetFacet.json#/$defs/SentinelHubInputDatasetFacet"
+    _get_schema = staticmethod(functools.partial(_schema_url, "SentinelHubInputDatasetFacet"))

@@ -13,12 +13,14 @@ from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError, Se
 
 
 def batch_root(base_url: str, api_version: str) -> str:
+    """The root URL of the Batch API of one version: ``<base>/api/<version>/batch``."""
     return f"{base_url}/api/{api_version}/batch"
 
 
 def process_url(
     base_url: str, api_version: str, request_id: str | None = None, action: str | None = None
 ) -> str:
+    """The URL of the requests collection, one request, or an action on it (``analyse``, ``start``, ...)."""
     url = f"{batch_root(base_url, api_version)}/process"
     if request_id is not None:
         if not str(request_id).strip() or "/" in str(request_id):
@@ -51,6 +53,7 @@ def request_url(base_url: str, api: str, request_id: str | None = None, action: 
 
 
 def grids_url(base_url: str, api_version: str, grid_id: int | None = None) -> str:
+    """The URL of the tiling grids, or of one grid."""
     url = f"{batch_root(base_url, api_version)}/tilinggrids"
     return url if grid_id is None else f"{url}/{int(grid_id)}"
 
@@ -114,6 +117,7 @@ class Pages:
         self._seen: set[str] = set()
 
     def advance(self, body: Any) -> list[dict[str, Any]]:
+        """Take one page's body; return its items and move the cursor to the next page (or mark it done)."""
         items, token, link = page_items(body, "GET", self.url)
         if token and token not in self._seen:
             self._seen.add(token)

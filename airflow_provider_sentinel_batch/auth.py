@@ -66,6 +66,7 @@ class RedactOAuthSecrets(logging.Filter):
     """Rewrites OAuth library log records so client secrets and tokens never reach a log file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Mask client secrets and tokens in a log record; never drops the record."""
         message = record.getMessage()
         redacted = _SECRET_PATTERN.sub(r"\1\2***", message)
         if redacted != message:
@@ -85,11 +86,14 @@ _install_redaction()
 
 @dataclass
 class Token:
+    """An access token, when it expires, and when to refresh it (60-120 s before)."""
+
     access_token: str = field(repr=False)
     expires_at: float
     refresh_at: float
 
     def fresh(self, now: float | None = None) -> bool:
+        """Not yet due for a refresh."""
         return (time.time() if now is None else now) < self.refresh_at
 
 
@@ -121,15 +125,18 @@ class TokenCache:
         self._async_locks = weakref.WeakKeyDictionary()
 
     def clear(self) -> None:
+        """Forget every cached token."""
         with self._lock:
             self._tokens.clear()
             self.fetches.clear()
 
     def peek(self, key: TokenKey) -> Token | None:
+        """The cached token for ``key`` if it is still fresh, else ``None``."""
         token = self._tokens.get(key)
         return token if token is not None and token.fresh() else None
 
     def store(self, key: TokenKey, token: Mapping[str, Any]) -> Token:
+        """Cache a newly issued token for ``key``."""
         now = time.time()
         lifetime = float(token.get("expires_in") or 0) or max(0.0, float(token.get("expires_at", now)) - now)
         lifetime = lifetime or 3600.0
@@ -149,6 +156,7 @@ class TokenCache:
                 del self._tokens[key]
 
     def get_sync(self, key: TokenKey, fetch: Callable[[], Mapping[str, Any]]) -> str:
+        """A fresh token for ``key``, fetching one with ``fetch`` (once per process) when needed."""
         token = self.peek(key)
         if token is not None:
             return token.access_token
@@ -161,6 +169,7 @@ class TokenCache:
             return token.access_token
 
     async def get_async(self, key: TokenKey, fetch: Callable[[], Awaitable[Mapping[str, Any]]]) -> str:
+        """The async counterpart of :meth:`get_sync`: one fetch at a time per key."""
         token = self.peek(key)
         if token is not None:
             return token.access_token

@@ -62,6 +62,7 @@ DEPLOYMENT_NAMES = (*DEPLOYMENTS, "custom")
 
 
 def is_loopback(url: str) -> bool:
+    """The URL points at this machine (plain ``http://`` is allowed only there)."""
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -95,6 +96,7 @@ def realm_of_token_url(token_url: str) -> str | None:
 
 
 def deployment_for_base_url(base_url: str) -> Deployment | None:
+    """The known deployment a base URL belongs to, if any."""
     host = urlsplit(base_url).hostname
     for dep in DEPLOYMENTS.values():
         if urlsplit(dep.base_url).hostname == host:
@@ -213,19 +215,9 @@ class ConnectionSettings:
             return f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?prefix={quote(prefix, safe='')}"
         return None
 
-    def non_secret(self) -> dict[str, Any]:
-        """Primitive kwargs safe to serialize (trigger kwargs, logs)."""
-        return {
-            "client_id": self.client_id,
-            "base_url": self.base_url,
-            "token_url": self.token_url,
-            "api_version": self.api_version,
-            "deployment": self.deployment,
-            "conn_id": self.conn_id,
-        }
-
 
 def check_api_version(api_version: str | None) -> str:
+    """The API version normalised (``v1`` | ``v2``, default ``v2``); a clear error otherwise."""
     version = (api_version or DEFAULT_API_VERSION).lower()
     if version not in API_VERSIONS:
         raise SentinelBatchConfigError(f"api_version must be 'v1' or 'v2', got {api_version!r}.")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class SentinelBatchError(AirflowException):
     """Base class of every error raised by this provider."""
+
+    #: Set when a call gave up after retrying failures that only mean "not now" (429, 5xx, network).
+    retries_exhausted: bool = False
 
 
 class SentinelBatchConfigError(SentinelBatchError, AirflowFailException, ValueError):
@@ -82,6 +85,7 @@ class SentinelBatchAPIError(SentinelBatchError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """The message users see: call, HTTP status, code, the service's text and its per-parameter errors."""
         head = f"Sentinel Hub Batch API {self.method} {self.url} failed: HTTP {self.status}"
         if self.code:
             head += f" {self.code}"
@@ -103,6 +107,7 @@ class SentinelBatchPermissionError(SentinelBatchAPIError, AirflowFailException):
     """
 
     def render(self) -> str:
+        """The API error text plus what a 401/403 on a fresh token usually means."""
         hint = (
             "The API refused a freshly issued token: the token URL and the base URL belong to different "
             "deployments (Sentinel Hub vs CDSE)?"
@@ -116,6 +121,7 @@ class SentinelBatchNotFoundError(SentinelBatchAPIError):
     """404 after the grace period: the request was deleted, expired, or lives on another deployment."""
 
     def render(self) -> str:
+        """The API error text plus what a 404 after the grace period usually means."""
         return (
             super().render() + "\n  The request does not exist here: deleted, cleaned up by the service, "
             "or created on another deployment/API version?"
@@ -149,16 +155,20 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, millis / 1000.0)
 
 
-def api_error_from_response(
-    *,
-    status: int,
-    method: str,
-    url: str,
-    body: bytes | str | None,
-    headers: Mapping[str, str],
-    reason: str | None = None,
-) -> SentinelBatchAPIError:
+class ResponseParts(TypedDict):
+    """What the error mapping needs of an HTTP answer, whichever transport received it."""
+
+    status: int
+    method: str
+    url: str
+    body: bytes | str | None
+    headers: Mapping[str, str]
+    reason: NotRequired[str | None]
+
+
+def api_error_from_response(**answer: Unpack[ResponseParts]) -> SentinelBatchAPIError:
     """Build the error from any body the service sends: the documented wrapper, a bare 429 body, or text."""
+    status, body, reason = answer["status"], answer["body"], answer.get("reason")
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
     payload: Any = None
     if text.strip():
@@ -185,13 +195,13 @@ def api_error_from_response(
         cls = SentinelBatchPermissionError
     return cls(
         status=status,
-        method=method,
-        url=url,
+        method=answer["method"],
+        url=answer["url"],
         message=str(message),
         code=info.get("code") if isinstance(info.get("code"), str) else None,
         reason=info.get("reason") or reason,
         errors=[dict(e) for e in errors if isinstance(e, Mapping)],
-        retry_after=parse_retry_after(_header(headers, "Retry-After")),
+        retry_after=parse_retry_after(_header(answer["headers"], "Retry-After")),
     )
 
 

@@ -25,6 +25,7 @@ _PRESETS = (
 
 
 def get_provider_info() -> dict[str, Any]:
+    """The provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
     return {
         "package-name": "airflow-provider-sentinel-batch",
         "name": "Sentinel Hub Batch",
@@ -65,8 +66,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            "airflow_provider_sentinel_batch.operators.batch.SentinelBatchDashboardLink",
-            "airflow_provider_sentinel_batch.operators.batch.SentinelBatchOutputLink",
+            "airflow_provider_sentinel_batch.links.SentinelBatchDashboardLink",
+            "airflow_provider_sentinel_batch.links.SentinelBatchOutputLink",
         ],
         "connection-types": [
             {

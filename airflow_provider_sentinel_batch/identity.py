@@ -250,6 +250,7 @@ class StoredJob:
     api_version: str
 
     def to_json(self) -> dict[str, str]:
+        """The record as stored in the task state store (primitives only)."""
         return {
             "request_id": self.request_id,
             "fingerprint": self.fingerprint,

@@ -26,13 +26,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from airflow_provider_sentinel_batch.models import cost_of, request_payload
+from airflow_provider_sentinel_batch.layout import output_layout
+from airflow_provider_sentinel_batch.manifest import TILES_SOURCE
+from airflow_provider_sentinel_batch.models import cost_of, request_payload, v1_tile_counts
 
 REQUEST_ATTR = "_sentinel_batch_lineage_request"
 RESULT_ATTR = "_sentinel_batch_lineage_result"
 NAMESPACE_SCHEME = "sentinelhub"
 
-_EXTRA_KEYS = ("request_id", "api_version", "status", "cost_pu", "partial", "dashboard_url")
+_EXTRA_KEYS = ("request_id", "api_version", "status", "location", "cost_pu", "partial", "dashboard_url")
 
 
 # ----------------------------------------------------------------------------------- request facts
@@ -60,8 +62,6 @@ def request_facts(
     api_version: str, request: Mapping[str, Any] | None, request_id: str | None
 ) -> dict[str, Any]:
     """The lineage-relevant, credential-free facts of a request object or create payload."""
-    from airflow_provider_sentinel_batch.results import output_layout
-
     facts: dict[str, Any] = {"request_id": request_id, "api_version": api_version}
     if not request:
         return facts
@@ -112,6 +112,7 @@ def remember_request(op: Any, request_id: str, request: Mapping[str, Any] | None
 
 
 def remember_result(op: Any, summary: Mapping[str, Any], request: Mapping[str, Any] | None) -> None:
+    """Keep the summary a waiting task returns (and the facts of its request) on the task, for lineage."""
     try:
         facts = request_facts(op.version, request, str(summary.get("request_id"))) if request else {}
         setattr(op, REQUEST_ATTR, facts or getattr(op, REQUEST_ATTR, None))
@@ -130,23 +131,15 @@ def asset_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
     """
     extra: dict[str, Any] = {k: summary[k] for k in _EXTRA_KEYS if summary.get(k) is not None}
     results = summary.get("results") if isinstance(summary.get("results"), Mapping) else None
-    location = (results or {}).get("location") or summary.get("location") or summary.get("output_location")
-    if location:
-        extra["location"] = location
-    if summary.get("output_location"):
-        extra["output_location"] = summary["output_location"]
     counts: Mapping[str, Any] = {}
     if results and results.get("counts"):
-        extra["unit"] = "tiles" if results.get("source") == "tiles endpoint" else "features"
+        extra["unit"] = "tiles" if results.get("source") == TILES_SOURCE else "features"
         counts = results["counts"]
         if results.get("execution_db"):
             extra["execution_db"] = results["execution_db"]
     elif isinstance(summary.get("tiles"), Mapping):  # v1 tile counts by status, no manifest
-        by_status = {str(k): int(v) for k, v in summary["tiles"].items()}
-        done, failed = by_status.get("PROCESSED", 0), by_status.get("FAILED", 0)
-        total = sum(by_status.values())
         extra["unit"] = "tiles"
-        counts = {"total": total, "done": done, "failed": failed, "pending": total - done - failed}
+        counts = v1_tile_counts({str(k): int(v) for k, v in summary["tiles"].items()})
     for key in ("total", "done", "failed", "pending"):
         if isinstance(counts.get(key), int):
             extra[key] = counts[key]
@@ -190,6 +183,7 @@ def emit_asset_events(op: Any, context: Any, extra: Mapping[str, Any]) -> list[s
 
 
 def warn_outlets_before_done(op: Any, wait_for: str) -> None:
+    """Warn that outlets on a task that waited for less than DONE get Airflow's plain event, without details."""
     if getattr(op, "outlets", None):
         op.log.warning(
             "This task has outlets but waited for %s, not DONE: Airflow emits its asset events anyway, "
@@ -279,7 +273,7 @@ def get_openlineage_facets_on_complete(self: Any, task_instance: Any) -> Any:
 
     outputs = []
     results = result.get("results") if isinstance(result.get("results"), Mapping) else {}
-    location = (results or {}).get("location") or facts.get("location") or result.get("output_location")
+    location = result.get("location") or facts.get("location")
     if location and "://" in str(location):
         out_namespace, out_name = s3_dataset_name(str(location))
         output_facets: dict[str, Any] = {}

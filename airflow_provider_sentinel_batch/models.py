@@ -1,38 +1,123 @@
-"""Batch API statuses per version, and the small facts about them the operators and trigger rely on.
+"""The Batch API's status vocabulary, per version, and the phases the tasks and the trigger reason with.
 
-Unknown values from the server are passed through as plain strings (forward compatible), never crash.
+Every module compares service statuses through the names here, never retyped literals. Unknown values from the
+server are passed through as plain strings (forward compatible), never crash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-V1_STATUSES = ("CREATED", "ANALYSING", "ANALYSIS_DONE", "PROCESSING", "DONE", "PARTIAL", "FAILED", "CANCELED")
-V2_STATUSES = ("CREATED", "ANALYSING", "ANALYSIS_DONE", "PROCESSING", "DONE", "FAILED", "STOPPED")
-STATUSES = {"v1": V1_STATUSES, "v2": V2_STATUSES}
 
+class Status:
+    """Request statuses the service reports (``request.status``)."""
+
+    CREATED = "CREATED"
+    ANALYSING = "ANALYSING"
+    ANALYSIS_DONE = "ANALYSIS_DONE"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+    PARTIAL = "PARTIAL"  # v1 only: some tiles failed
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"  # v1
+    STOPPED = "STOPPED"  # v2
+
+
+class UserAction:
+    """What a user last asked of a request (``request.userAction``)."""
+
+    NONE = "NONE"
+    ANALYSE = "ANALYSE"
+    START = "START"
+
+
+class TileStatus:
+    """Per-tile (v1) and per-feature (v2 execution database) statuses that the summaries count."""
+
+    PROCESSED = "PROCESSED"  # v1 tile written
+    FAILED = "FAILED"
+    FEATURE_DONE = "DONE"  # v2 feature written (or "no data")
+    FEATURE_FAILED = frozenset({"FAILED", "FATAL"})  # the service's docs say FAILED, its database uses FATAL
+
+
+#: What a waiting task can wait for.
+WAIT_TARGETS = (Status.ANALYSIS_DONE, Status.DONE)
+
+#: Every status each version documents; anything else is a newer API's status and is waited through.
+KNOWN = {
+    "v1": frozenset(
+        {
+            Status.CREATED,
+            Status.ANALYSING,
+            Status.ANALYSIS_DONE,
+            Status.PROCESSING,
+            Status.DONE,
+            Status.PARTIAL,
+            Status.FAILED,
+            Status.CANCELED,
+        }
+    ),
+    "v2": frozenset(
+        {
+            Status.CREATED,
+            Status.ANALYSING,
+            Status.ANALYSIS_DONE,
+            Status.PROCESSING,
+            Status.DONE,
+            Status.FAILED,
+            Status.STOPPED,
+        }
+    ),
+}
+#: The job has ended: no status change follows without a user action.
 TERMINAL = {
-    "v1": frozenset({"DONE", "PARTIAL", "FAILED", "CANCELED"}),
-    "v2": frozenset({"DONE", "FAILED", "STOPPED"}),
+    "v1": frozenset({Status.DONE, Status.PARTIAL, Status.FAILED, Status.CANCELED}),
+    "v2": frozenset({Status.DONE, Status.FAILED, Status.STOPPED}),
 }
-FAILURE = {"v1": frozenset({"FAILED", "CANCELED"}), "v2": frozenset({"FAILED", "STOPPED"})}
-TILE_STATUSES = ("PENDING", "SCHEDULED", "QUEUED", "PROCESSING", "PROCESSED", "FAILED")
-
-# Where a job can be told to analyse / start / cancel-or-stop without the service refusing.
-CAN_ANALYSE = frozenset({"CREATED"})
+#: Ends that fail a wait whatever it waited for.
+FAILURE = {
+    "v1": frozenset({Status.FAILED, Status.CANCELED}),
+    "v2": frozenset({Status.FAILED, Status.STOPPED}),
+}
+#: Before processing: analysis is asked, running or done. Looked at every ``analysis_poll_interval``.
+ANALYSIS_PHASE = frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE})
+#: Statuses that still need a START before the job can reach DONE.
+AWAITING_START = frozenset({Status.CREATED, Status.ANALYSIS_DONE})
+#: Where ANALYSE may be sent without the service refusing.
+CAN_ANALYSE = frozenset({Status.CREATED})
+#: Where START may be sent without the service refusing.
 CAN_START = {
-    "v1": frozenset({"CREATED", "ANALYSING", "ANALYSIS_DONE"}),
-    "v2": frozenset({"CREATED", "ANALYSING", "ANALYSIS_DONE", "STOPPED"}),
+    "v1": frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE}),
+    "v2": frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE, Status.STOPPED}),
 }
-ANALYSIS_REACHED = frozenset({"ANALYSIS_DONE", "PROCESSING", "DONE", "PARTIAL"})
-STARTED_OR_LATER = frozenset({"PROCESSING", "DONE", "PARTIAL"})
+#: The analysis is over (it happened, or processing already began).
+ANALYSIS_REACHED = frozenset({Status.ANALYSIS_DONE, Status.PROCESSING, Status.DONE, Status.PARTIAL})
+#: START was accepted: processing runs or ran.
+STARTED_OR_LATER = frozenset({Status.PROCESSING, Status.DONE, Status.PARTIAL})
+#: v1 ends whose tile counts go into the summary a task returns (a FAILED job fails the task: nobody reads them).
+TILES_COUNTED_AT = frozenset({Status.DONE, Status.PARTIAL})
 
 
-def is_terminal(api_version: str, status: str | None) -> bool:
-    return status in TERMINAL[api_version]
+def nobody_asked(action: Any) -> bool:
+    """True when no user action is pending on a request (``userAction`` absent or ``NONE``)."""
+    return action in (None, UserAction.NONE)
 
 
-def cost_of(api_version: str, request: dict[str, Any]) -> float | None:
+def tile_counts(by_status: Mapping[str, int], *, done: str, failed: frozenset[str]) -> dict[str, int]:
+    """``total``/``done``/``failed``/``pending`` from counts per tile or feature status."""
+    total = sum(int(v) for v in by_status.values())
+    n_done = int(by_status.get(done, 0))
+    n_failed = sum(int(v) for k, v in by_status.items() if k in failed)
+    return {"total": total, "done": n_done, "failed": n_failed, "pending": total - n_done - n_failed}
+
+
+def v1_tile_counts(by_status: Mapping[str, int]) -> dict[str, int]:
+    """The counts of v1 tiles (``PROCESSED`` done, ``FAILED`` failed)."""
+    return tile_counts(by_status, done=TileStatus.PROCESSED, failed=frozenset({TileStatus.FAILED}))
+
+
+def cost_of(api_version: str, request: Mapping[str, Any]) -> float | None:
     """Best known cost in PU: v2 ``costPU`` (billed so far), v1 ``valueEstimate / 3`` (the batch discount)."""
     if api_version == "v2":
         value = request.get("costPU")
@@ -41,35 +126,9 @@ def cost_of(api_version: str, request: dict[str, Any]) -> float | None:
     return float(estimate) / 3.0 if isinstance(estimate, int | float) else None
 
 
-def request_payload(api_version: str, request: dict[str, Any]) -> dict[str, Any]:
+def request_payload(api_version: str, request: Mapping[str, Any]) -> dict[str, Any]:
     """The user's payload inside a request object (v1 keeps it top level, v2 under ``request``)."""
     if api_version == "v2":
         inner = request.get("request")
         return inner if isinstance(inner, dict) else {}
-    return request
-
-
-def output_location(api_version: str, payload: dict[str, Any], request_id: str | None = None) -> str | None:
-    """Where the service writes results (``s3://...``), from a create payload or a request object.
-
-    For v1 the default layout is ``s3://<bucket>/<requestId>/<tileName>/...``, so with a known id the location
-    is that request's folder; a path template (v1 ``defaultTilePath``, v2 delivery URL) gets ``<requestId>``
-    filled in and is cut at its first per-tile placeholder.
-    """
-    request_id = request_id or payload.get("id")
-    payload = request_payload(api_version, payload) if "request" in payload else payload
-    if api_version == "v2":
-        output = payload.get("output") or {}
-        template = (((output.get("delivery") or {}).get("s3")) or {}).get("url")
-    elif payload.get("bucketName"):
-        suffix = f"/{request_id}/" if request_id else ""
-        return f"s3://{payload['bucketName']}{suffix}"
-    else:
-        output = payload.get("output") or {}
-        template = output.get("defaultTilePath") or (payload.get("zarrOutput") or {}).get("path")
-    if not template:
-        return None
-    template = str(template)
-    if request_id:
-        template = template.replace("<requestId>", str(request_id))
-    return template.split("<", 1)[0]
+    return dict(request)

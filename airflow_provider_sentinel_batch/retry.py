@@ -19,11 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 import tenacity
 
 from airflow_provider_sentinel_batch.exceptions import (
+    ResponseParts,
     SentinelBatchAPIError,
     SentinelBatchError,
     api_error_from_response,
@@ -75,6 +76,7 @@ def plain_network_reason(exc: BaseException) -> str:
 
 
 def connection_error(method: str, url: str, exc: BaseException) -> TransientError:
+    """A network failure as a retryable error that names the call."""
     error = SentinelBatchError(
         f"Could not reach Sentinel Hub at {method} {url}: {plain_network_reason(exc)}."
     )
@@ -89,6 +91,7 @@ class RecentRequests:
         self._lock = threading.Lock()
 
     def note(self, request_id: str, created_at: float | None = None) -> None:
+        """Remember that ``request_id`` was created at ``created_at`` (now by default)."""
         with self._lock:
             if len(self._created) > 10_000:
                 cutoff = time.time() - 3600
@@ -102,6 +105,7 @@ class RecentRequests:
                 self._created.pop(request_id, None)
 
     def within(self, request_id: str | None, grace: float) -> bool:
+        """The request was created less than ``grace`` seconds ago and not seen since."""
         if request_id is None:
             return False
         created = self._created.get(request_id)
@@ -112,29 +116,20 @@ RECENT_REQUESTS = RecentRequests()
 
 
 def classify_response(
-    *,
-    status: int,
-    method: str,
-    url: str,
-    body: bytes | str | None,
-    headers: Mapping[str, str],
-    reason: str | None = None,
-    request_id: str | None = None,
-    not_found_grace: float = 0.0,
+    *, request_id: str | None = None, not_found_grace: float = 0.0, **answer: Unpack[ResponseParts]
 ) -> None:
     """Return for 2xx/3xx; raise :class:`TransientError` for what is worth retrying, else the API error.
 
     A 404 for ``request_id`` is retryable only while the request is new to us (created less than
     ``not_found_grace`` seconds ago and never seen since); once it has been read, a 404 means it is gone.
     """
+    status = answer["status"]
     if status < 400:
         if request_id is not None:
             RECENT_REQUESTS.confirm(request_id)
         return
     not_found_retryable = status == 404 and RECENT_REQUESTS.within(request_id, not_found_grace)
-    error = api_error_from_response(
-        status=status, method=method, url=url, body=body, headers=headers, reason=reason
-    )
+    error = api_error_from_response(**answer)
     if status == 429:
         raise TransientError(RATE_LIMITED, error, error.retry_after)
     if status >= 500:
@@ -159,13 +154,16 @@ class RetryPolicy:
     max_call_seconds: float = 1800.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as primitives (for trigger kwargs)."""
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RetryPolicy:
+        """The policy from :meth:`to_dict` output (defaults for ``None``)."""
         return cls(**dict(data)) if data else cls()
 
     def limit(self, kind: str) -> int:
+        """How many failures of this kind a call tolerates."""
         if kind == RATE_LIMITED:
             return self.max_rate_limited
         if kind == NOT_FOUND:
@@ -234,21 +232,22 @@ class RetryPolicy:
     def async_retrying(
         self, what: str, sleep: Callable[[float], Any] | None = None
     ) -> tenacity.AsyncRetrying:
+        """The async tenacity loop of this policy, for the trigger's client."""
         kwargs = self._tenacity_kwargs(what)
         if sleep is not None:
             kwargs["sleep"] = sleep
         return tenacity.AsyncRetrying(**kwargs)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that only mean "not now" (rate limits, 5xx, network) after a call's retries ran out."""
-    return bool(getattr(exc, "retries_exhausted", False))
+def retries_ran_out(exc: BaseException) -> bool:
+    """True for an error that only means "not now" (rate limits, 5xx, network): the call's retries ran out."""
+    return isinstance(exc, SentinelBatchError) and exc.retries_exhausted
 
 
 def final_error(exc: TransientError) -> SentinelBatchError:
     """What the caller sees once retries are exhausted: the last underlying error, annotated."""
     error = exc.error
-    error.retries_exhausted = True  # type: ignore[attr-defined]  # transient: a later poll may succeed
+    error.retries_exhausted = True  # transient: a later poll may succeed
     if isinstance(error, SentinelBatchAPIError) and exc.kind == RATE_LIMITED:
         error.args = (error.render() + "\n  (still rate limited after retrying; lower the polling rate?)",)
     return error

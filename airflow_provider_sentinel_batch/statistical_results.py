@@ -93,6 +93,7 @@ class StatisticsTable:
 
     @property
     def columns(self) -> list[str]:
+        """The table's column names: the fixed ones, then one per percentile found."""
         return [*BASE_COLUMNS, *self.percentile_columns]
 
     def counts(self) -> dict[str, int]:
@@ -166,6 +167,8 @@ class StatisticsTable:
                     self.rows.append(row)
 
     def sort(self) -> None:
+        """Order the rows by feature, interval and output, so a table reads the same every time."""
+
         def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
             fid = row["feature_id"]
             return (
@@ -207,6 +210,7 @@ class StatisticsTable:
 
 
 def parquet_available() -> bool:
+    """Whether pyarrow is installed (Parquet output needs it)."""
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401
@@ -239,7 +243,7 @@ def read_table(
 def _read_documents(
     request_id: str, output_url: str, results_url: str | None, storage_options: Mapping[str, Any] | None
 ) -> Iterable[tuple[str, Any]]:
-    from airflow_provider_sentinel_batch.results import BucketReader
+    from airflow_provider_sentinel_batch.bucket import BucketReader
 
     reader = BucketReader(results_url, storage_options)
     root = output_root(output_url, request_id)

@@ -1,33 +1,49 @@
-"""What a waiting task concludes from one look at a batch request, and when to look next.
+"""The wait on a batch request, without I/O: what one look means, when to look next, and the event it ends with.
 
-Pure functions shared by the sensor's ``poke`` (worker) and the trigger's ``run`` (triggerer), so both modes
-judge the same states the same way.
+:class:`Watch` is the one place that keeps the state of a wait (last status, progress samples, the window in
+which a stale status is ignored, the deadline), judges each look, decides when tile counts belong in the summary
+and builds the event. The three loops that wait (the trigger on the triggerer, the task polling on the worker
+and the sensor's ``poke``) only fetch, sleep, stop and count: the I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
+from airflow_provider_sentinel_batch.layout import location_of
 from airflow_provider_sentinel_batch.models import (
+    ANALYSIS_PHASE,
     ANALYSIS_REACHED,
+    AWAITING_START,
     FAILURE,
+    KNOWN,
     TERMINAL,
+    TILES_COUNTED_AT,
+    Status,
+    UserAction,
     cost_of,
-    output_location,
+    nobody_asked,
 )
 
-WAIT_TARGETS = ("ANALYSIS_DONE", "DONE")
 
-# Verdict outcomes
-WAIT = "wait"
-SUCCESS = "success"
-FAILED = "failed"
-PARTIAL = "partial"
-NOT_STARTED = "not_started"
-COST_EXCEEDED = "cost_exceeded"
-TIMEOUT = "timeout"
-ERROR = "error"
+class Outcome(StrEnum):
+    """How a look (or a whole wait) ends; a verdict of this provider, never a service status."""
+
+    WAIT = "wait"
+    SUCCESS = "success"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    NOT_STARTED = "not_started"
+    COST_EXCEEDED = "cost_exceeded"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+#: The key of a wait event that holds its :class:`Outcome` (``summary["status"]`` is the service status).
+OUTCOME_KEY = "outcome"
 
 _SUMMARY_FIELDS = (
     "status",
@@ -49,7 +65,9 @@ _SUMMARY_FIELDS = (
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str
+    """What one look concluded: an :class:`Outcome` and the message a user reads."""
+
+    outcome: Outcome
     message: str
 
 
@@ -64,7 +82,7 @@ def summarize(api_version: str, request: dict[str, Any]) -> dict[str, Any]:
         if isinstance(inner, dict) and inner.get("description"):
             summary["description"] = inner["description"]
     summary["cost_pu"] = cost_of(api_version, request)
-    summary["output_location"] = output_location(api_version, request)
+    summary["location"] = location_of(api_version, request)
     return summary
 
 
@@ -85,6 +103,16 @@ def describe(api_version: str, request: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def failure_message(request: dict[str, Any]) -> str:
+    """``Batch request <id> ended <status> (stoppedStatusReason …): <error>`` for a failed job."""
+    detail = f"Batch request {request.get('id')} ended {request.get('status')}"
+    if request.get("stoppedStatusReason"):
+        detail += f" (stoppedStatusReason {request['stoppedStatusReason']})"
+    if request.get("error"):
+        detail += f": {request['error']}"
+    return detail
+
+
 def judge(
     api_version: str, wait_for: str, request: dict[str, Any], *, max_cost_pu: float | None = None
 ) -> Verdict:
@@ -93,40 +121,36 @@ def judge(
     action = request.get("userAction")
     rid = request.get("id")
     if status in FAILURE[api_version]:
-        detail = f"Batch request {rid} ended {status}"
-        if request.get("stoppedStatusReason"):
-            detail += f" (stoppedStatusReason {request['stoppedStatusReason']})"
-        if request.get("error"):
-            detail += f": {request['error']}"
-        return Verdict(FAILED, detail)
+        return Verdict(Outcome.FAILED, failure_message(request))
     if max_cost_pu is not None and api_version == "v2":
         cost = cost_of(api_version, request)
         if cost is not None and cost > max_cost_pu and status not in TERMINAL[api_version]:
             return Verdict(
-                COST_EXCEEDED, f"Batch request {rid} has cost {cost:g} PU, over max_cost_pu={max_cost_pu:g}"
+                Outcome.COST_EXCEEDED,
+                f"Batch request {rid} has cost {cost:g} PU, over max_cost_pu={max_cost_pu:g}",
             )
-    if wait_for == "ANALYSIS_DONE":
+    if wait_for == Status.ANALYSIS_DONE:
         if status in ANALYSIS_REACHED:
-            return Verdict(SUCCESS, f"Batch request {rid} analysed ({status})")
-        if status == "CREATED" and action in (None, "NONE"):
+            return Verdict(Outcome.SUCCESS, f"Batch request {rid} analysed ({status})")
+        if status == Status.CREATED and nobody_asked(action):
             return Verdict(
-                NOT_STARTED, f"Batch request {rid} is CREATED and nobody asked for analysis (ANALYSE)"
+                Outcome.NOT_STARTED, f"Batch request {rid} is CREATED and nobody asked for analysis (ANALYSE)"
             )
-        return Verdict(WAIT, status)
-    if status == "DONE":
-        return Verdict(SUCCESS, f"Batch request {rid} is DONE")
-    if status == "PARTIAL":
-        return Verdict(PARTIAL, f"Batch request {rid} ended PARTIAL: some tiles failed")
-    if status in ("CREATED", "ANALYSIS_DONE") and action != "START":
+        return Verdict(Outcome.WAIT, status)
+    if status == Status.DONE:
+        return Verdict(Outcome.SUCCESS, f"Batch request {rid} is DONE")
+    if status == Status.PARTIAL:
+        return Verdict(Outcome.PARTIAL, f"Batch request {rid} ended PARTIAL: some tiles failed")
+    if status in AWAITING_START and action != UserAction.START:
         return Verdict(
-            NOT_STARTED,
+            Outcome.NOT_STARTED,
             f"Batch request {rid} is {status} with user action {action or 'NONE'}: nobody started this job "
             "(START it, e.g. with SentinelBatchStartOperator, before waiting for DONE)",
         )
-    if status not in (*TERMINAL[api_version], "CREATED", "ANALYSING", "ANALYSIS_DONE", "PROCESSING"):
+    if status not in KNOWN[api_version]:
         # unknown status from a newer API: keep waiting (forward compatible) but say so
-        return Verdict(WAIT, f"unknown status {status!r}")
-    return Verdict(WAIT, status)
+        return Verdict(Outcome.WAIT, f"unknown status {status!r}")
+    return Verdict(Outcome.WAIT, status)
 
 
 def next_delay(
@@ -152,10 +176,9 @@ def next_delay(
       finish (never beyond ``max_poll_interval``, default ``10 * poll_interval``), then looks at least every
       ``poll_interval``, once aimed just after the predicted end. ``now`` counts the time already spent since
       the latest change. A job later than predicted is looked at every ``poll_interval`` (as a fixed-interval
-      poller would), one at 100 % (final status pending) every ``analysis_poll_interval``. Measured in
-      ``docs/benchmarks.md`` (polls per job).
+      poller would), one at 100 % (final status pending) every ``analysis_poll_interval``.
     """
-    if status in ("CREATED", "ANALYSING", "ANALYSIS_DONE", None):
+    if status is None or status in ANALYSIS_PHASE:
         if elapsed is None:
             return analysis_poll_interval
         return min(max(analysis_poll_interval, elapsed), max(poll_interval, analysis_poll_interval))
@@ -186,3 +209,191 @@ def next_delay(
         return min(limit, max(poll_interval, earliest - poll_interval))
     # close to the finish: look a little after the predicted end, and no later than usual
     return max(min(poll_interval, remaining + 0.05 * poll_interval), analysis_poll_interval)
+
+
+def stop_action(api_version: str) -> str:
+    """The verb of stopping a job in this API version: v1 ``cancel``, v2 ``stop``."""
+    return "cancel" if api_version == "v1" else "stop"
+
+
+def stop_note(
+    log: Any, api_version: str, request_id: str, why: str, error: BaseException | None = None
+) -> str:
+    """Log how asking the service to stop a job went, and return the note that ends the task's message.
+
+    ``error`` is what the stop call raised (``None``: the service accepted it). A 400/409 means the job had
+    already finished: nothing was left to stop.
+    """
+    from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError
+
+    action = stop_action(api_version)
+    if error is None:
+        log.info("Asked the service to %s batch request %s (%s)", action, request_id, why)
+        return f"; the job was asked to {action}"
+    if isinstance(error, SentinelBatchAPIError) and error.status in (400, 409):
+        return f"; {action} not needed ({error.message})"
+    log.warning("Could not %s %s after %s: %s", action, request_id, why, error)
+    return f"; {action} FAILED ({error}) — check the job in the dashboard"
+
+
+#: The polling pace of a :class:`Watch`, named as on the tasks and the trigger.
+PACE_FIELDS = ("poll_interval", "analysis_poll_interval", "max_poll_interval")
+#: The fields of a :class:`Watch` that a trigger takes over as keyword arguments of the same name.
+TRIGGER_FIELDS = (
+    "request_id",
+    "api_version",
+    "wait_for",
+    *PACE_FIELDS,
+    "max_cost_pu",
+    "deadline",
+    "stale_status",
+    "stale_until",
+)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at the request told the waiting loop: the verdict, and whether the status changed."""
+
+    verdict: Verdict
+    changed: bool
+
+    @property
+    def over(self) -> bool:
+        """The wait ends with this look."""
+        return self.verdict.outcome != Outcome.WAIT
+
+
+@dataclass(slots=True)
+class Watch:
+    """The state of one wait on one batch request, and every decision about it; the caller does the I/O.
+
+    Feed each answer of ``GET`` the request to :meth:`look`; sleep :meth:`delay` seconds while the wait goes
+    on; ask :meth:`expired` before each look. :meth:`event` builds the dict the wait ends with (the trigger
+    yields it, the task resumes with it), :meth:`counts_tiles` says when that needs a tile count first.
+
+    :param deadline: wall-clock epoch seconds; past it the wait ends ``timeout``.
+    :param stale_status: a status to treat as "not yet updated" until ``stale_until`` (after ``restartpartial``
+        the service keeps showing ``PARTIAL`` for a while); forgotten once the status has moved.
+    :param adaptive: stretch the interval from the rate of ``completionPercentage`` (see :func:`next_delay`);
+        otherwise ``analysis_poll_interval`` before processing and ``poll_interval`` after.
+    """
+
+    # what is waited for
+    request_id: str
+    api_version: str
+    wait_for: str
+    # how often to look
+    poll_interval: float = 60.0
+    analysis_poll_interval: float = 10.0
+    max_poll_interval: float | None = None
+    adaptive: bool = False
+    # when to give up, and what to ignore
+    max_cost_pu: float | None = None
+    deadline: float | None = None
+    stale_status: str | None = None
+    stale_until: float | None = None
+    # what the looks so far have shown
+    started: float = field(default_factory=time.time)
+    last_status: str | None = None
+    # (time, completionPercentage) of the looks just before and at the first and the latest change
+    progress: list[tuple[float, float]] = field(default_factory=list)
+    last_sample: tuple[float, float] | None = None
+
+    def trigger_kwargs(self) -> dict[str, Any]:
+        """What a trigger needs to go on with this wait elsewhere (primitives only; see :data:`TRIGGER_FIELDS`)."""
+        return {name: getattr(self, name) for name in TRIGGER_FIELDS}
+
+    def expect_stale(self, status: str, until: float) -> None:
+        """Ignore ``status`` until ``until`` (epoch seconds): the service shows it a while after a restart."""
+        self.stale_status, self.stale_until = status, until
+
+    def expired(self, now: float | None = None) -> bool:
+        """The deadline has passed."""
+        return self.deadline is not None and (time.time() if now is None else now) >= self.deadline
+
+    def look(self, request: dict[str, Any], now: float | None = None) -> Look:
+        """Judge one answer of ``GET`` the request; remembers its status and progress."""
+        now = time.time() if now is None else now
+        status = request.get("status")
+        changed = status != self.last_status
+        if changed:
+            self.last_status = status
+            self.progress.clear()
+            self.last_sample = None
+        pct = request.get("completionPercentage")
+        if status == Status.PROCESSING and isinstance(pct, int | float):
+            sample = (now, float(pct))
+            if self.last_sample is not None and sample[1] != self.last_sample[1]:
+                del self.progress[2:]  # keep the first change, replace the latest one
+                self.progress += [self.last_sample, sample]  # it changed between these two looks
+            self.last_sample = sample
+        verdict = judge(self.api_version, self.wait_for, request, max_cost_pu=self.max_cost_pu)
+        if self.stale_status is not None:
+            if status != self.stale_status:
+                self.stale_status = None  # the service has caught up
+            elif now < (self.stale_until or 0.0):
+                verdict = Verdict(Outcome.WAIT, f"still {status} (not updated yet)")
+        return Look(verdict, changed)
+
+    def delay(self, now: float | None = None) -> float:
+        """Seconds until the next look, never past the deadline (so a timeout is reported on time)."""
+        now = time.time() if now is None else now
+        if self.adaptive:
+            delay = next_delay(
+                self.last_status,
+                poll_interval=self.poll_interval,
+                analysis_poll_interval=self.analysis_poll_interval,
+                progress=self.progress if len(self.progress) >= 4 else None,  # a rate needs two changes
+                max_poll_interval=self.max_poll_interval,
+                now=now,
+                # waiting for DONE, the analysis is only a preamble: look less often the longer it takes
+                elapsed=now - self.started if self.wait_for == Status.DONE else None,
+            )
+        else:
+            delay = next_delay(
+                self.last_status,
+                poll_interval=self.poll_interval,
+                analysis_poll_interval=self.analysis_poll_interval,
+            )
+        return self.bounded(delay, now)
+
+    def bounded(self, delay: float, now: float | None = None) -> float:
+        """``delay`` cut short at the deadline."""
+        if self.deadline is None:
+            return delay
+        return max(0.0, min(delay, self.deadline - (time.time() if now is None else now)))
+
+    def counts_tiles(self, request: dict[str, Any]) -> bool:
+        """The event's summary needs the tile counts (v1 DONE or PARTIAL: the ends whose summary a task returns)."""
+        return self.api_version == "v1" and request.get("status") in TILES_COUNTED_AT
+
+    def timeout(self, note: str = "") -> dict[str, Any]:
+        """The event of a wait that passed its deadline (``note``: how stopping the job went, if it was asked)."""
+        message = f"Batch request {self.request_id} did not reach {self.wait_for} before the deadline"
+        return self.event(Verdict(Outcome.TIMEOUT, message + note))
+
+    def error(self, message: str) -> dict[str, Any]:
+        """The event of a wait that broke (service unreachable, rate limited too long): a task retry may help."""
+        return self.event(Verdict(Outcome.ERROR, message))
+
+    def event(
+        self,
+        verdict: Verdict,
+        request: dict[str, Any] | None = None,
+        *,
+        tiles: dict[str, int] | None = None,
+        note: str = "",
+    ) -> dict[str, Any]:
+        """The dict a wait ends with: outcome, message (plus ``note``) and, from the last look, the summary."""
+        event: dict[str, Any] = {
+            OUTCOME_KEY: verdict.outcome.value,
+            "request_id": self.request_id,
+            "api_version": self.api_version,
+            "message": verdict.message + note,
+        }
+        if request is not None:
+            event["summary"] = summarize(self.api_version, request)
+            if self.counts_tiles(request):
+                event["summary"]["tiles"] = tiles
+        return event

@@ -123,7 +123,7 @@ def run_one(
     finally:
         trigger_module.asyncio, trigger_module.time, async_client.settings_for_conn_id = saved
     job = world.state.jobs[job_id]
-    if event.get("status") != "success" or job.status != "DONE":
+    if event.get("outcome") != "success" or job.status != "DONE":
         raise RuntimeError(f"unexpected end: {event} / {job.status}")
     done_at = job.last_updated_emu  # emulated time the status became DONE
     return {

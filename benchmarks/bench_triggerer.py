@@ -235,7 +235,7 @@ async def run_all(args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
         await asyncio.sleep(offsets[i])
         trigger = make_trigger(args.variant, ids[i], interval, deadline)
         async for event in trigger.run():
-            status = str(event.payload.get("status"))
+            status = str(event.payload.get("outcome") or event.payload.get("status"))
             events[status] = events.get(status, 0) + 1
 
     hb, sp = asyncio.create_task(heartbeat()), asyncio.create_task(sampler())

@@ -172,7 +172,7 @@ with DAG(
             "tile_count": estimate.get("tile_count"),
             "value_estimate_pu": estimate.get("value_estimate_pu"),
             "cost_pu": result.get("cost_pu"),
-            "output_location": result.get("output_location"),
+            "output_location": result.get("location"),
             "dashboard_url": result.get("dashboard_url"),
         }
         print(f"Batch request {line['request_id']} (v1): {line['status']}")

@@ -145,9 +145,7 @@ with DAG(
     def summary(result: dict[str, Any]) -> dict[str, Any]:
         """One readable block per job, plus a JSON line the demo command picks up."""
         request_id = str(result.get("request_id"))
-        location = result.get("output_location")
-        if location:  # the delivery URL is a per-tile template: show the request's folder
-            location = str(location).replace("<requestId>", request_id).split("<", 1)[0]
+        location = result.get("location")  # the request's own output folder
         line = {
             "dag_id": "corsica_max_ndvi_v2",
             "request_id": request_id,

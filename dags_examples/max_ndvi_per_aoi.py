@@ -158,9 +158,7 @@ with DAG(
         lines = []
         for result in results:
             request_id = str(result.get("request_id"))
-            location = (
-                str(result.get("output_location") or "").replace("<requestId>", request_id).split("<", 1)[0]
-            )
+            location = result.get("location")  # the request's own output folder
             lines.append(
                 {
                     "request_id": request_id,

@@ -147,9 +147,7 @@ with DAG(
     def summary(result: dict[str, Any], month: str) -> dict[str, Any]:
         """What this month's job produced, plus a JSON line for scripts."""
         request_id = str(result.get("request_id"))
-        location = (
-            str(result.get("output_location") or "").replace("<requestId>", request_id).split("<", 1)[0]
-        )
+        location = result.get("location")  # the request's own output folder
         line = {
             "dag_id": "seasonal_max_ndvi",
             "month": month,

@@ -171,6 +171,7 @@ class SentinelBatchAsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Give back the pooled HTTP client (or close an own one)."""
         http, pool, self._http, self._pool = self._http, self._pool, None, None
         if pool is not None:
             await _release(self.settings.base_url, pool)
@@ -179,11 +180,13 @@ class SentinelBatchAsyncClient:
 
     @property
     def http(self) -> httpx.AsyncClient:
+        """The open ``httpx.AsyncClient`` of this client (pooled per base URL); only inside ``async with``."""
         if self._http is None:
             raise RuntimeError("use SentinelBatchAsyncClient as 'async with' (the HTTP client is not open)")
         return self._http
 
     async def get_token(self) -> str:
+        """A fresh access token from the process-wide cache."""
         settings = self.settings
         return await TOKEN_CACHE.get_async(
             token_key(settings),
@@ -231,6 +234,7 @@ class SentinelBatchAsyncClient:
     async def call(
         self, method: str, url: str, *, params: dict[str, Any] | None = None, request_id: str | None = None
     ) -> Any:
+        """One API call with the retry policy; returns the decoded JSON body."""
         try:
             async for attempt in self.retry_policy.async_retrying(f"{method} {url}", self._sleep):
                 with attempt:
@@ -240,10 +244,12 @@ class SentinelBatchAsyncClient:
         return api.decode_body(response.status_code, response.text, method, url)
 
     async def get_request(self, request_id: str, api_version: str) -> dict[str, Any]:
+        """The request object (``GET .../process/<id>``)."""
         url = api.process_url(self.settings.base_url, api_version, request_id)
         return api.expect_object(await self.call("GET", url, request_id=request_id), "GET", url)
 
     async def stop_or_cancel(self, request_id: str, api_version: str) -> None:
+        """Ask the service to stop (v2) or cancel (v1) the job."""
         action = "cancel" if api_version == "v1" else "stop"
         url = api.process_url(self.settings.base_url, api_version, request_id, action)
         await self.call("POST", url, request_id=request_id)

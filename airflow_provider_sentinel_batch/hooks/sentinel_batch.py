@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import warnings
@@ -21,7 +22,6 @@ from airflow_provider_sentinel_batch.deployments import (
     settings_from_connection,
 )
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchError
-from airflow_provider_sentinel_batch.models import output_location
 from airflow_provider_sentinel_batch.retry import (
     RECENT_REQUESTS,
     SURELY_REFUSED,
@@ -132,11 +132,13 @@ class SentinelBatchHook(BaseHook):
 
     @cached_property
     def settings(self) -> ConnectionSettings:
+        """The resolved connection settings (deployment, URLs, API version)."""
         conn = self.get_connection(self.sentinel_batch_conn_id)
         return settings_from_connection(conn, connection_extra(conn))
 
     @property
     def api_version(self) -> str:
+        """The API version in use: the hook's argument, else the connection's."""
         return self._api_version or self.settings.api_version
 
     def _version(self, api_version: str | None) -> str:
@@ -144,11 +146,12 @@ class SentinelBatchHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
+        """The ``requests`` session of this hook (unauthenticated; calls add the token)."""
         import requests
 
         session = requests.Session()
         session.headers["User-Agent"] = "airflow-provider-sentinel-batch"
-        session.auth = _BearerAuth(self)
+        session.auth = _Bearer(self.get_token)
         return session
 
     def get_conn(self) -> requests.Session:
@@ -156,6 +159,7 @@ class SentinelBatchHook(BaseHook):
         return self.session
 
     def get_token(self) -> str:
+        """A fresh access token from the process-wide cache."""
         from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, fetch_token_sync, token_key
 
         settings = self.settings
@@ -199,7 +203,12 @@ class SentinelBatchHook(BaseHook):
                 token = fixed_token or self.get_token()
                 try:
                     response = self.session.request(
-                        method, url, params=params, json=json, timeout=timeout, auth=_StaticBearer(token)
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        timeout=timeout,
+                        auth=_Bearer(functools.partial(str, token)),
                     )
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     raise connection_error(method, url, exc) from None
@@ -278,16 +287,20 @@ class SentinelBatchHook(BaseHook):
         return self._paginate(api.process_url(self.settings.base_url, self._version(api_version)), params)
 
     def list_requests(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every request matching the filters, all pages read."""
         return list(self.iter_requests(**kwargs))
 
     def get_request(self, request_id: str, *, api_version: str | None = None) -> dict[str, Any]:
+        """The request object (``GET .../process/<id>``)."""
         url = api.process_url(self.settings.base_url, self._version(api_version), request_id)
         return api.expect_object(self._call("GET", url, request_id=request_id), "GET", url)
 
     def get_status(self, request_id: str, *, api_version: str | None = None) -> str:
+        """The request's ``status``."""
         return str(self.get_request(request_id, api_version=api_version).get("status"))
 
     def get_user_action(self, request_id: str, *, api_version: str | None = None) -> str | None:
+        """The request's ``userAction``."""
         return self.get_request(request_id, api_version=api_version).get("userAction")
 
     def update_request(
@@ -358,6 +371,7 @@ class SentinelBatchHook(BaseHook):
         return self._paginate(url, params, request_id=request_id)
 
     def list_tiles(self, request_id: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """v1: every tile of the request (optionally of one status), all pages read."""
         return list(self.iter_tiles(request_id, **kwargs))
 
     def count_tiles(self, request_id: str) -> dict[str, int]:
@@ -365,6 +379,7 @@ class SentinelBatchHook(BaseHook):
         return api.count_by_status(self.iter_tiles(request_id))
 
     def get_tile(self, request_id: str, tile_id: int) -> dict[str, Any]:
+        """v1: one tile of the request."""
         url = api.process_url(self.settings.base_url, "v1", request_id, f"tiles/{int(tile_id)}")
         return self._call("GET", url, request_id=request_id)
 
@@ -393,6 +408,7 @@ class SentinelBatchHook(BaseHook):
         return (normalised(r) for r in self._paginate(api.statistical_url(self.settings.base_url), params))
 
     def list_statistical_requests(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every Batch Statistical request matching the filters, all pages read."""
         return list(self.iter_statistical_requests(**kwargs))
 
     def get_statistical_request(self, request_id: str) -> dict[str, Any]:
@@ -454,6 +470,7 @@ class SentinelBatchHook(BaseHook):
         return grids
 
     def get_tiling_grid(self, grid_id: int, *, api_version: str | None = None) -> dict[str, Any]:
+        """One tiling grid (id, name, resolutions)."""
         return self._call("GET", api.grids_url(self.settings.base_url, self._version(api_version), grid_id))
 
     # ------------------------------------------------------------------------------------ helpers
@@ -476,9 +493,6 @@ class SentinelBatchHook(BaseHook):
     def output_page(self, location: str | None) -> str | None:
         """A web page for an output location: the AWS S3 console (Sentinel Hub), the emulator's file list."""
         return self.settings.output_page(location)
-
-    def output_location(self, payload: dict[str, Any], *, api_version: str | None = None) -> str | None:
-        return output_location(self._version(api_version), payload)
 
     def test_connection(self) -> tuple[bool, str]:
         """Fetch a fresh token and list tiling grids with it: free of PU, and proves both URLs and the credentials.
@@ -514,24 +528,15 @@ class SentinelBatchHook(BaseHook):
         return True, message
 
 
-class _BearerAuth:
-    """``requests`` auth that adds the cached token, for sessions handed out by :meth:`get_conn`."""
+class _Bearer:
+    """``requests`` auth that adds a bearer token: the hook's cached one (``get_conn`` sessions) or a fixed one."""
 
-    def __init__(self, hook: SentinelBatchHook) -> None:
-        self._hook = hook
-
-    def __call__(self, request: Any) -> Any:
-        request.headers["Authorization"] = f"Bearer {self._hook.get_token()}"
-        return request
-
-
-class _StaticBearer:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
     def __call__(self, request: Any) -> Any:
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        request.headers["Authorization"] = f"Bearer {self._token()}"
         return request
 
     def __repr__(self) -> str:
-        return "_StaticBearer(<token>)"
+        return "_Bearer(<token>)"

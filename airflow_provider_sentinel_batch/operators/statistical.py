@@ -84,7 +84,7 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
         if conn_id:
             from airflow.providers.common.compat.sdk import BaseHook
 
-            from airflow_provider_sentinel_batch.results import storage_options_from_connection
+            from airflow_provider_sentinel_batch.bucket import storage_options_from_connection
 
             options = {**storage_options_from_connection(BaseHook.get_connection(conn_id)), **options}
         return options

@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    BaseOperator,
+    BaseSensorOperator,
+    PokeReturnValue,
+)
 
 from airflow_provider_sentinel_batch import lineage
-from airflow_provider_sentinel_batch.operators.batch import (
+from airflow_provider_sentinel_batch.links import SentinelBatchDashboardLink, SentinelBatchOutputLink
+from airflow_provider_sentinel_batch.models import Status
+from airflow_provider_sentinel_batch.waiting import Outcome, Watch
+from airflow_provider_sentinel_batch.waiting_task import (
     DEFAULT_CONN_ID,
-    PARTIAL,
-    SUCCESS,
-    WAIT,
-    SentinelBatchDashboardLink,
-    SentinelBatchOutputLink,
-    _WaitsForBatch,
-    push_links,
+    REQUEST_TEMPLATE_FIELDS,
+    WaitsForBatch,
 )
-from airflow_provider_sentinel_batch.waiting import describe, summarize
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-    from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
-
-class SentinelBatchSensor(_WaitsForBatch, BaseSensorOperator):
+class SentinelBatchSensor(WaitsForBatch, BaseSensorOperator):
     """Wait until a batch request reaches ``wait_for`` (``ANALYSIS_DONE`` or ``DONE``).
 
     Fails fast on FAILED / CANCELED (v1) or FAILED / STOPPED (v2) quoting the service's ``error`` and
@@ -40,22 +40,15 @@ class SentinelBatchSensor(_WaitsForBatch, BaseSensorOperator):
     :return: a summary dict (request id, status, cost, tiles, output location, dashboard URL).
     """
 
-    template_fields: Sequence[str] = (
-        "request_id",
-        "created_at",
-        "max_cost_pu",
-        "sentinel_batch_conn_id",
-        "api_version",
-    )
+    template_fields: Sequence[str] = REQUEST_TEMPLATE_FIELDS
     operator_extra_links = (SentinelBatchDashboardLink(), SentinelBatchOutputLink())
-    _is_sensor = True
     get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def __init__(
         self,
         *,
         request_id: str,
-        wait_for: str = "DONE",
+        wait_for: str = Status.DONE,
         sentinel_batch_conn_id: str = DEFAULT_CONN_ID,
         api_version: str | None = None,
         poll_interval: float = 60.0,
@@ -64,85 +57,60 @@ class SentinelBatchSensor(_WaitsForBatch, BaseSensorOperator):
     ) -> None:
         # poke/reschedule mode polls at the same status-aware pace as the trigger
         kwargs.setdefault(
-            "poke_interval", analysis_poll_interval if wait_for == "ANALYSIS_DONE" else poll_interval
+            "poke_interval", analysis_poll_interval if wait_for == Status.ANALYSIS_DONE else poll_interval
         )
-        super().__init__(poll_interval=poll_interval, analysis_poll_interval=analysis_poll_interval, **kwargs)
+        super().__init__(
+            sentinel_batch_conn_id=sentinel_batch_conn_id,
+            api_version=api_version,
+            poll_interval=poll_interval,
+            analysis_poll_interval=analysis_poll_interval,
+            **kwargs,
+        )
         self.request_id = request_id
         self.wait_for = wait_for
-        self.sentinel_batch_conn_id = sentinel_batch_conn_id
-        self.api_version = api_version
-        self._links_pushed = False
+        self._watch: Watch | None = None
         self._restarts = 0
-        self._stale: str | None = None
-        self._stale_until = 0.0
-        self._last_status: str | None = None
-
-    @cached_property
-    def hook(self) -> SentinelBatchHook:
-        from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
-
-        return SentinelBatchHook(
-            sentinel_batch_conn_id=self.sentinel_batch_conn_id, api_version=self.api_version
-        )
-
-    @property
-    def version(self) -> str:
-        return self.hook.api_version
 
     def execute(self, context: Context) -> Any:
+        """Deferrable: one look, then the trigger. Otherwise the sensor's own poke loop."""
         if self.wait_timeout is None and self.timeout:
             self.wait_timeout = float(self.timeout)
         if self.deferrable:
-            return self.wait_for_status(context, self.request_id, self.wait_for)
+            self._note_created(self.request_id)
+            request = self.hook.get_request(self.request_id)
+            self.record_request(context, self.request_id, request)
+            return self.wait_for_status(context, self.request_id, self.wait_for, request=request)
         return super().execute(context)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        import time
-
+        """One look on the worker (poke/reschedule mode); Airflow's sensor loop enforces ``timeout``."""
         self._note_created(self.request_id)
         request = self.hook.get_request(self.request_id)
-        if not self._links_pushed:
-            push_links(self, context, self.request_id, request)
-            self._links_pushed = True
-        if request.get("status") != self._last_status:
-            self.log.info("Batch request %s: %s", self.request_id, describe(self.version, request))
-            self._last_status = request.get("status")
-        verdict = self._verdict(request, self.wait_for, self._stale, self._stale_until)
-        if self._stale is not None and request.get("status") != self._stale:
-            self._stale = None  # the service has caught up after restartpartial
-        if verdict.outcome == WAIT:
+        if self._watch is None:
+            self._watch = self.new_watch(self.request_id, self.wait_for)
+            self.record_request(context, self.request_id, request)
+        look = self._look(self._watch, request)
+        if not look.over:
             return False
-        event: dict[str, Any] = {
-            "status": verdict.outcome,
-            "request_id": self.request_id,
-            "api_version": self.version,
-            "message": verdict.message,
-            "summary": summarize(self.version, request),
-        }
-        if (
-            verdict.outcome == PARTIAL
-            and self.partial_policy == "restart"
-            and self._restarts < self.max_partial_restarts
-        ):
+        if look.verdict.outcome == Outcome.PARTIAL and self.may_restart_partial(self._restarts):
+            self.restart_partial(self.request_id, look.verdict.message, self._restarts)
             self._restarts += 1
-            self.log.warning(
-                "%s; restarting failed tiles (%d of %d)",
-                verdict.message,
-                self._restarts,
-                self.max_partial_restarts,
-            )
-            self.hook.restart_partial(self.request_id)
-            self._stale, self._stale_until = "PARTIAL", time.time() + self.stale_timeout
+            self._watch.expect_stale(Status.PARTIAL, time.time() + self.stale_timeout)
             return False
-        if verdict.outcome == SUCCESS and self.version == "v1" and request.get("status") == "DONE":
-            event["summary"]["tiles"] = self._count_tiles(self.request_id)
-        result = self._complete(context, event, self.wait_for, self.max_partial_restarts)
+        event = self._end_event(self._watch, look.verdict, request)
+        result = self.execute_complete(context, event, self.wait_for, self.max_partial_restarts)
         return PokeReturnValue(is_done=True, xcom_value=result)
 
+    def timeout_error(self, message: str, request_id: str) -> Exception:
+        """A sensor's deadline is a sensor timeout (``soft_fail`` skips it)."""
+        return AirflowSensorTimeout(message)
+
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after deferral without the sensor's "any error skips under soft_fail" rule."""
         # BaseSensorOperator turns *any* error after deferral into a skip when soft_fail is set; here only a
-        # timeout may skip (handled in _complete), a FAILED job must fail.
+        # timeout may skip (handled in execute_complete), a FAILED job must fail.
         return BaseOperator.resume_execution(self, next_method, next_kwargs, context)
 
     def on_kill(self) -> None:
+        """Stop/cancel the job when the task is killed (``cancel_on_kill``)."""
         self._kill_remote(self.request_id)

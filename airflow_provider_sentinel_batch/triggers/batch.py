@@ -11,25 +11,13 @@ marked the task success or cleared it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError
-from airflow_provider_sentinel_batch.waiting import (
-    COST_EXCEEDED,
-    ERROR,
-    TIMEOUT,
-    WAIT,
-    describe,
-    judge,
-    next_delay,
-    summarize,
-)
-
-_ANALYSIS_STATES = ("CREATED", "ANALYSING")
+from airflow_provider_sentinel_batch.models import Status
+from airflow_provider_sentinel_batch.waiting import TRIGGER_FIELDS, Outcome, Watch, describe, stop_note
 
 
 class SentinelBatchTrigger(BaseTrigger):
@@ -51,7 +39,7 @@ class SentinelBatchTrigger(BaseTrigger):
         request_id: str,
         conn_id: str,
         api_version: str,
-        wait_for: str = "DONE",
+        wait_for: str = Status.DONE,
         poll_interval: float = 60.0,
         analysis_poll_interval: float = 10.0,
         max_poll_interval: float | None = None,
@@ -86,6 +74,7 @@ class SentinelBatchTrigger(BaseTrigger):
         self.retry_policy = retry_policy
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and primitive kwargs, as stored in the metadata database."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -111,23 +100,17 @@ class SentinelBatchTrigger(BaseTrigger):
 
     # ------------------------------------------------------------------------------------------------ run
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait, then yield exactly one event; never raises (the task must resume and fail with the reason)."""
+        watch = self._new_watch()
         try:
-            event = await self._wait()
+            event = await self._wait(watch)
         except Exception as exc:  # never raise out of run(): the task must resume and fail with the message
             self.log.exception("Waiting for batch request %s failed", self.request_id)
-            event = self._event(ERROR, f"Waiting for batch request {self.request_id} failed: {exc}")
+            event = watch.error(f"Waiting for batch request {self.request_id} failed: {exc}")
         yield TriggerEvent(event)
 
-    def _event(self, status: str, message: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "status": status,
-            "request_id": self.request_id,
-            "api_version": self.api_version,
-            "message": message,
-        }
-        if request is not None:
-            event["summary"] = summarize(self.api_version, request)
-        return event
+    def _new_watch(self) -> Watch:
+        return Watch(**{name: getattr(self, name) for name in TRIGGER_FIELDS}, adaptive=self.adaptive)
 
     def _client(self, settings: Any) -> Any:
         from airflow_provider_sentinel_batch.hooks.async_client import SentinelBatchAsyncClient
@@ -135,95 +118,49 @@ class SentinelBatchTrigger(BaseTrigger):
 
         return SentinelBatchAsyncClient(settings, retry_policy=RetryPolicy.from_dict(self.retry_policy))
 
-    async def _wait(self) -> dict[str, Any]:
+    async def _wait(self, watch: Watch) -> dict[str, Any]:
         from airflow_provider_sentinel_batch.hooks.async_client import settings_for_conn_id
-        from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS, is_transient
+        from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS, retries_ran_out
 
         settings = await settings_for_conn_id(self.conn_id)
         if self.created_at is not None:
             RECENT_REQUESTS.note(self.request_id, self.created_at)
         failures = 0
-        last_status: str | None = None
-        # (time, completionPercentage) of the looks just before and at the first and the latest change
-        progress: list[tuple[float, float]] = []
-        last_sample: tuple[float, float] | None = None
-        started = time.time()
         async with self._client(settings) as client:
             while True:
-                if self.deadline is not None and time.time() >= self.deadline:
-                    return await self._on_deadline(client)
+                if watch.expired():
+                    note = await self._stop(client, "the deadline") if self.cancel_on_timeout else ""
+                    return watch.timeout(note)
                 try:
                     request = await client.get_request(self.request_id, self.api_version)
                 except Exception as exc:
-                    if not is_transient(exc):
-                        return self._event(ERROR, str(exc))
+                    if not retries_ran_out(exc):
+                        return watch.error(str(exc))
                     failures += 1
                     if failures >= self.max_poll_failures:
-                        return self._event(
-                            ERROR, f"{failures} consecutive status checks failed; last error: {exc}"
-                        )
+                        return watch.error(f"{failures} consecutive status checks failed; last error: {exc}")
                     self.log.warning("Status check %d failed (%s); will look again", failures, exc)
-                    await asyncio.sleep(self._bounded(self.poll_interval))
+                    await asyncio.sleep(watch.bounded(self.poll_interval))
                     continue
                 failures = 0
-                status = request.get("status")
-                if status != last_status:
+                look = watch.look(request)
+                if look.changed:
                     self.log.info(
                         "Batch request %s: %s", self.request_id, describe(self.api_version, request)
                     )
-                    last_status = status
-                    progress.clear()
-                    last_sample = None
-                pct = request.get("completionPercentage")
-                if status == "PROCESSING" and isinstance(pct, int | float):
-                    sample = (time.time(), float(pct))
-                    if last_sample is not None and sample[1] != last_sample[1]:
-                        del progress[2:]  # keep the first change, replace the latest one
-                        progress += [last_sample, sample]  # it changed between these two looks
-                    last_sample = sample
-                stale = (
-                    self.stale_status is not None
-                    and status == self.stale_status
-                    and time.time() < (self.stale_until or 0)
-                )
-                verdict = judge(self.api_version, self.wait_for, request, max_cost_pu=self.max_cost_pu)
-                if stale:
-                    verdict = verdict.__class__(WAIT, f"still {status} (not updated yet)")
-                elif self.stale_status is not None and status != self.stale_status:
-                    self.stale_status = None
-                if verdict.outcome == COST_EXCEEDED:
-                    stopped = await self._stop(client, "the cost guard")
-                    return self._event(COST_EXCEEDED, verdict.message + stopped, request)
-                if verdict.outcome != WAIT:
-                    event = self._event(verdict.outcome, verdict.message, request)
-                    if self.api_version == "v1" and status in ("DONE", "PARTIAL", "FAILED"):
-                        event["summary"]["tiles"] = await self._tiles(client)
-                    return event
-                delay = self._delay(status, progress, started)
+                if look.over:
+                    verdict = look.verdict
+                    note = (
+                        await self._stop(client, "the cost guard")
+                        if verdict.outcome == Outcome.COST_EXCEEDED
+                        else ""
+                    )
+                    tiles = await self._tiles(client) if watch.counts_tiles(request) else None
+                    return watch.event(verdict, request, tiles=tiles, note=note)
                 # Sleep holding only what the next look needs: with thousands of waiting triggers, every
                 # response kept across the sleep is a few dozen more objects for each full GC to walk.
-                del request, verdict
-                await asyncio.sleep(self._bounded(delay))
-
-    def _delay(self, status: str | None, progress: list[tuple[float, float]], started: float) -> float:
-        if not self.adaptive:
-            return self.analysis_poll_interval if status in _ANALYSIS_STATES else self.poll_interval
-        now = time.time()
-        return next_delay(
-            status,
-            poll_interval=self.poll_interval,
-            analysis_poll_interval=self.analysis_poll_interval,
-            progress=progress if len(progress) >= 4 else None,  # a rate needs two changes
-            max_poll_interval=self.max_poll_interval,
-            now=now,
-            elapsed=now - started if self.wait_for == "DONE" else None,  # analysis: only a preamble
-        )
-
-    def _bounded(self, delay: float) -> float:
-        """Never sleep past the deadline (so a timeout is reported on time)."""
-        if self.deadline is None:
-            return delay
-        return max(0.0, min(delay, self.deadline - time.time()))
+                del request, look
+                await asyncio.sleep(watch.delay())
 
     async def _tiles(self, client: Any) -> dict[str, int] | None:
         try:
@@ -233,25 +170,11 @@ class SentinelBatchTrigger(BaseTrigger):
             return None
 
     async def _stop(self, client: Any, why: str) -> str:
-        action = "cancel" if self.api_version == "v1" else "stop"
         try:
             await client.stop_or_cancel(self.request_id, self.api_version)
-        except SentinelBatchAPIError as exc:
-            if exc.status in (400, 409):  # already finished: nothing left to stop
-                return f"; {action} not needed ({exc.message})"
-            self.log.warning("Could not %s %s after %s: %s", action, self.request_id, why, exc)
-            return f"; {action} FAILED ({exc}) — check the job in the dashboard"
         except Exception as exc:
-            self.log.warning("Could not %s %s after %s: %s", action, self.request_id, why, exc)
-            return f"; {action} FAILED ({exc}) — check the job in the dashboard"
-        self.log.info("Asked the service to %s batch request %s (%s)", action, self.request_id, why)
-        return f"; the job was asked to {action}"
-
-    async def _on_deadline(self, client: Any) -> dict[str, Any]:
-        message = f"Batch request {self.request_id} did not reach {self.wait_for} before the deadline"
-        if self.cancel_on_timeout:
-            message += await self._stop(client, "the deadline")
-        return self._event(TIMEOUT, message)
+            return stop_note(self.log, self.api_version, self.request_id, why, exc)
+        return stop_note(self.log, self.api_version, self.request_id, why)
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: the triggerer dropped this trigger on a user's action. Stop the job only if it failed.

@@ -38,7 +38,7 @@ except ImportError as _exc:  # Airflow 2.x
     ) from _exc
 
 from airflow_provider_sentinel_batch import statistical
-from airflow_provider_sentinel_batch.models import output_location
+from airflow_provider_sentinel_batch.layout import location_of
 
 #: Statuses a watcher may wait for, per API (Batch Processing v1 / v2, Batch Statistical).
 WATCHABLE = {
@@ -119,7 +119,7 @@ def compact(api_version: str, item: dict[str, Any]) -> dict[str, Any]:
             location = statistical.output_root(url, request_id) if url else None
             match = url or ""
         else:
-            location = output_location(api_version, item, request_id)
+            location = location_of(api_version, item, request_id)
             match = str(description or "")
     except Exception:
         location, match = None, str(description or "")
@@ -199,6 +199,7 @@ class WatchState:
         self.max_remembered = max(1, int(max_remembered))
 
     def to_json(self) -> dict[str, Any]:
+        """The state as stored in the asset state store (primitives only)."""
         return {
             "version": _STATE_VERSION,
             "reported": self.reported,
@@ -373,6 +374,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         self._saved: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and primitive kwargs, as stored in the metadata database."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -416,6 +418,7 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
             yield records
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """The events of this watcher from a poll shared with other watchers of the same connection."""
         await self._load()
         async for records in shared_stream:
             async for event in self._emit(records):

@@ -102,12 +102,14 @@ def test_corsica_workflow_end_to_end(dag_runner, emulator, version):
     assert summary["request_id"] == result.xcom("create")
     assert summary["cost_pu"] > 0
     if version == "v1":
-        assert summary["tiles"]["PROCESSED"] > 0 and summary["output_location"].startswith(
-            "s3://corsica-bucket/"
+        assert (
+            summary["tiles"]["PROCESSED"] > 0
+            and summary["location"] == f"s3://corsica-bucket/{summary['request_id']}/"
         )
     else:
         assert (
-            summary["completionPercentage"] == 100 and summary["output_location"] == "s3://corsica-bucket/v2"
+            summary["completionPercentage"] == 100
+            and summary["location"] == f"s3://corsica-bucket/v2/{summary['request_id']}/"
         )
     assert result.deferrals("wait") >= 1 or result.xcom("wait")  # waited on the triggerer or was already DONE
     assert result.xcom("analyse")["status"] in ("ANALYSIS_DONE", "PROCESSING", "DONE")
@@ -216,6 +218,6 @@ async def test_trigger_recreated_from_serialize_mid_wait_continues(sentinel_batc
     assert classpath.endswith("SentinelBatchTrigger")
     second = SentinelBatchTrigger(**json.loads(json.dumps(kwargs)))
     event = (await asyncio.wait_for(second.run().__anext__(), timeout=60)).payload
-    assert event["status"] == "success"
+    assert event["outcome"] == "success"
     stats = sentinel_batch_emulator.stats()
     assert not any(k.endswith("/stop") for k in stats["calls"])  # the restart did not stop the job

@@ -352,7 +352,7 @@ def _deferred_run_succeeds(stack: AirflowStack, run_id: str) -> None:
         deferral.triggerer_id,
         f"Batch request {deferral.request_id}: status DONE",
         "fired",
-        "'status': 'success'",
+        "'outcome': 'success'",
     )
     created, jobs, kills = _emulator_totals(stack.emulator)
     assert (created, jobs, kills) == (1, {"v1": {"DONE": 1}}, {})
@@ -390,7 +390,7 @@ def test_triggerer_restart_recreates_the_trigger_and_leaves_the_job_running(stac
     assert _wait_run_end(stack, dag_id, run_id) == "success", stack.describe()
     stack.timings["restart: run"] = time.monotonic() - started
     _assert_resumed_after_deferral(stack, dag_id, run_id, first.request_id)
-    _wait_trigger_log(stack, dag_id, run_id, second.triggerer_id, "fired", "'status': 'success'")
+    _wait_trigger_log(stack, dag_id, run_id, second.triggerer_id, "fired", "'outcome': 'success'")
     created, jobs, kills = _emulator_totals(stack.emulator)
     assert (created, jobs, kills) == (1, {"v2": {"DONE": 1}}, {})
 

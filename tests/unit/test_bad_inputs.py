@@ -442,7 +442,7 @@ async def test_trigger_reports_a_non_json_answer_as_an_error_event(conn_env):
         router.get(f"{V2}/process/{RID}").respond(200, text="<html>maintenance</html>")
         trigger = SentinelBatchTrigger(request_id=RID, conn_id="sentinel_batch_default", api_version="v2")
         event = (await trigger.run().__anext__()).payload
-    assert event["status"] == "error"
+    assert event["outcome"] == "error"
     assert event["message"] == (
         f"Sentinel Hub Batch API GET {V2}/process/{RID} failed: HTTP 200 NON_JSON_RESPONSE: expected a JSON body, "
         "got: '<html>maintenance</html>'"
@@ -490,7 +490,7 @@ async def test_trigger_waits_through_an_unknown_status(conn_env, monkeypatch):
         )
         trigger = SentinelBatchTrigger(request_id=RID, conn_id="sentinel_batch_default", api_version="v2")
         event = (await trigger.run().__anext__()).payload
-    assert event["status"] == "success" and event["summary"]["status"] == "DONE"
+    assert event["outcome"] == "success" and event["summary"]["status"] == "DONE"
 
 
 async def _no_sleep(*_: object, **__: object) -> None:
@@ -529,5 +529,5 @@ async def test_unknown_tile_status_is_counted_not_fatal(conn_env, monkeypatch):
         )
         trigger = SentinelBatchTrigger(request_id=RID, conn_id="sentinel_batch_default", api_version="v1")
         event = (await trigger.run().__anext__()).payload
-    assert event["status"] == "success"
+    assert event["outcome"] == "success"
     assert event["summary"]["tiles"] == {"PROCESSED": 1, "ARCHIVED": 1}

@@ -292,23 +292,23 @@ def test_already_done_does_not_defer(v1):
 @pytest.mark.parametrize(
     ("event", "error", "match"),
     [
-        ({"status": "failed", "message": "ended FAILED: boom"}, SentinelBatchJobError, "boom"),
+        ({"outcome": "failed", "message": "ended FAILED: boom"}, SentinelBatchJobError, "boom"),
         (
-            {"status": "not_started", "message": "nobody started this job"},
+            {"outcome": "not_started", "message": "nobody started this job"},
             SentinelBatchJobError,
             "nobody started",
         ),
         (
-            {"status": "cost_exceeded", "message": "over max_cost_pu"},
+            {"outcome": "cost_exceeded", "message": "over max_cost_pu"},
             SentinelBatchCostExceededError,
             "max_cost_pu",
         ),
         (
-            {"status": "error", "message": "5 consecutive status checks failed"},
+            {"outcome": "error", "message": "5 consecutive status checks failed"},
             SentinelBatchError,
             "consecutive",
         ),
-        ({"status": "timeout", "message": "deadline"}, AirflowSensorTimeout, "deadline"),
+        ({"outcome": "timeout", "message": "deadline"}, AirflowSensorTimeout, "deadline"),
     ],
 )
 def test_sensor_execute_complete_raises(v1, event, error, match):
@@ -320,9 +320,9 @@ def test_sensor_execute_complete_raises(v1, event, error, match):
 def test_soft_fail_skips_only_timeouts(v1):
     sensor = SentinelBatchSensor(task_id="wait", request_id=RID, deferrable=True, soft_fail=True)
     with pytest.raises(AirflowSkipException):
-        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "timeout", "message": "late"})
+        sensor.execute_complete(ctx("wait"), {"request_id": RID, "outcome": "timeout", "message": "late"})
     with pytest.raises(SentinelBatchJobError):
-        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "failed", "message": "FAILED"})
+        sensor.execute_complete(ctx("wait"), {"request_id": RID, "outcome": "failed", "message": "FAILED"})
 
 
 def test_partial_policies(v1):
@@ -332,7 +332,7 @@ def test_partial_policies(v1):
     )
     event = {
         "request_id": RID,
-        "status": "partial",
+        "outcome": "partial",
         "message": "ended PARTIAL",
         "summary": {"status": "PARTIAL"},
     }
@@ -387,9 +387,11 @@ def test_final_outcomes_do_not_retry_but_a_broken_wait_does(v1):
 
     sensor = SentinelBatchSensor(task_id="wait", request_id=RID, deferrable=True)
     with pytest.raises(AirflowFailException):  # FAILED job: retrying the wait cannot change it
-        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "failed", "message": "FAILED"})
+        sensor.execute_complete(ctx("wait"), {"request_id": RID, "outcome": "failed", "message": "FAILED"})
     with pytest.raises(SentinelBatchError) as exc:  # service unreachable for too long: a retry may succeed
-        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "error", "message": "unreachable"})
+        sensor.execute_complete(
+            ctx("wait"), {"request_id": RID, "outcome": "error", "message": "unreachable"}
+        )
     assert not isinstance(exc.value, AirflowFailException)
 
 

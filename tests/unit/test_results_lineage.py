@@ -9,7 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from airflow_provider_sentinel_batch import lineage, results
+from airflow_provider_sentinel_batch.bucket import BucketReader, storage_options_from_connection
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchJobError
+from airflow_provider_sentinel_batch.layout import output_layout
+from airflow_provider_sentinel_batch.manifest import features_manifest, read_execution_db, tiles_manifest
 from tests.seed import seed_payload
 
 RID = "4f1d2c3b-aaaa-4bbb-8ccc-000000000042"
@@ -47,7 +50,7 @@ RID = "4f1d2c3b-aaaa-4bbb-8ccc-000000000042"
     ],
 )
 def test_output_layout(version, request_body, template, location):
-    layout = results.output_layout(version, request_body, RID)
+    layout = output_layout(version, request_body, RID)
     assert layout.template == template and layout.location == location
 
 
@@ -56,7 +59,7 @@ def test_paths_follow_the_template_per_response():
     body["processRequest"]["output"]["responses"].append(
         {"identifier": "userdata", "format": {"type": "application/json"}}
     )
-    layout = results.output_layout("v1", body, RID)
+    layout = output_layout("v1", body, RID)
     assert layout.paths("31TNJ_0_1", 7) == [
         f"s3://b/{RID}/31TNJ_0_1/default.tif",
         f"s3://b/{RID}/31TNJ_0_1/userdata.json",
@@ -64,7 +67,7 @@ def test_paths_follow_the_template_per_response():
 
 
 def test_credentials_in_a_url_never_reach_the_manifest():
-    layout = results.output_layout(
+    layout = output_layout(
         "v2", {"output": {"delivery": {"s3": {"url": "s3://AKIA:secret@b/p", "secretAccessKey": "s"}}}}, RID
     )
     assert "secret" not in repr(layout) and layout.location == f"s3://b/p/{RID}/"
@@ -76,8 +79,8 @@ def tiles(statuses):
 
 
 def test_tiles_manifest_counts_caps_and_failed_list():
-    layout = results.output_layout("v1", {"bucketName": "b"}, RID)
-    manifest = results.tiles_manifest(tiles(["PROCESSED"] * 5 + ["FAILED"] * 2 + ["PENDING"]), layout, 3)
+    layout = output_layout("v1", {"bucketName": "b"}, RID)
+    manifest = tiles_manifest(tiles(["PROCESSED"] * 5 + ["FAILED"] * 2 + ["PENDING"]), layout, 3)
     assert manifest["counts"] == {"total": 8, "done": 5, "failed": 2, "pending": 1}
     assert manifest["by_status"] == {"PROCESSED": 5, "FAILED": 2, "PENDING": 1}
     assert len(manifest["outputs"]) == 3 and manifest["outputs_truncated"]
@@ -103,10 +106,8 @@ def test_features_manifest_from_an_execution_database(tmp_path):
     )
     con.commit()
     con.close()
-    layout = results.output_layout("v2", {"output": {"delivery": {"s3": {"url": "s3://b/v2"}}}}, RID)
-    manifest = results.features_manifest(
-        results.read_execution_db(str(db)), layout, {"F1": ["s3://b/exact/F1.tif"]}, 100
-    )
+    layout = output_layout("v2", {"output": {"delivery": {"s3": {"url": "s3://b/v2"}}}}, RID)
+    manifest = features_manifest(read_execution_db(str(db)), layout, {"F1": ["s3://b/exact/F1.tif"]}, 100)
     assert manifest["counts"] == {"total": 5, "done": 2, "failed": 2, "pending": 1, "undelivered": 1}
     assert manifest["outputs"][0] == {"id": 1, "name": "F1", "paths": ["s3://b/exact/F1.tif"]}
     assert manifest["outputs"][1]["paths"] == [f"s3://b/v2/{RID}/F4/default.tif"]
@@ -120,7 +121,7 @@ def test_features_manifest_from_an_execution_database(tmp_path):
 def test_bucket_reader_maps_s3_onto_a_mirror(tmp_path):
     (tmp_path / "b" / "p").mkdir(parents=True)
     (tmp_path / "b" / "p" / "x.txt").write_text("hello")
-    reader = results.BucketReader(tmp_path.as_uri())
+    reader = BucketReader(tmp_path.as_uri())
     assert reader.resolve("s3://b/p/x.txt") == f"{tmp_path.as_uri()}/b/p/x.txt"
     assert reader.exists("s3://b/p/x.txt") and not reader.exists("s3://b/p/y.txt")
     with reader.local_copy("s3://b/p/x.txt") as path:
@@ -137,7 +138,7 @@ def test_storage_options_from_an_aws_style_connection():
             "storage_options": {"anon": False},
         },
     )
-    assert results.storage_options_from_connection(conn) == {
+    assert storage_options_from_connection(conn) == {
         "anon": False,
         "key": "AKIA",
         "secret": "s3cr3t",
@@ -220,7 +221,6 @@ def test_asset_extra_is_small_and_has_the_request_facts():
         "status": "DONE",
         "cost_pu": 12.5,
         "dashboard_url": "https://d/" + RID,
-        "output_location": "s3://b/v2",
         "location": f"s3://b/v2/{RID}/",
         "description": "x" * 10_000,
         "results": {
@@ -239,7 +239,6 @@ def test_asset_extra_is_small_and_has_the_request_facts():
         "cost_pu": 12.5,
         "dashboard_url": "https://d/" + RID,
         "location": f"s3://b/v2/{RID}/",
-        "output_location": "s3://b/v2",
         "unit": "features",
         "total": 3,
         "done": 3,
@@ -352,4 +351,4 @@ def test_reading_s3_without_s3fs_says_what_to_install():
     else:
         pytest.skip("s3fs is installed here")
     with pytest.raises(SentinelBatchConfigError, match=r"airflow-provider-sentinel-batch\[s3\]"):
-        results.BucketReader(None).exists("s3://b/execution-x.sqlite")
+        BucketReader(None).exists("s3://b/execution-x.sqlite")

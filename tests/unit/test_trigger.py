@@ -99,8 +99,8 @@ async def test_waits_until_done_with_status_aware_intervals(api, no_sleep):
         )
     )
     event = await first_event(trigger())
-    assert event["status"] == "success" and event["request_id"] == RID
-    assert event["summary"]["cost_pu"] == 9.0 and event["summary"]["output_location"] == "s3://b/p"
+    assert event["outcome"] == "success" and event["request_id"] == RID
+    assert event["summary"]["cost_pu"] == 9.0 and event["summary"]["location"] == f"s3://b/p/{RID}/"
     assert "KEY" not in json.dumps(event)  # bucket keys of the payload never leave the trigger
     assert route.call_count == 3
     assert no_sleep == [10.0, 60.0]  # fast while analysing, poll_interval while processing
@@ -125,14 +125,14 @@ async def test_waits_until_done_with_status_aware_intervals(api, no_sleep):
 async def test_failure_states_end_the_wait(api, body, status, text):
     api.get(V2).mock(side_effect=statuses(body))
     event = await first_event(trigger())
-    assert event["status"] == status and text in event["message"]
+    assert event["outcome"] == status and text in event["message"]
 
 
 async def test_wait_for_analysis(api):
     api.get(V2).mock(
         side_effect=statuses({"status": "ANALYSING", "userAction": "ANALYSE"}, {"status": "ANALYSIS_DONE"})
     )
-    assert (await first_event(trigger(wait_for="ANALYSIS_DONE")))["status"] == "success"
+    assert (await first_event(trigger(wait_for="ANALYSIS_DONE")))["outcome"] == "success"
 
 
 async def test_transient_errors_are_ridden_out(api):
@@ -146,7 +146,7 @@ async def test_transient_errors_are_ridden_out(api):
         ]
     )
     event = await first_event(trigger())
-    assert event["status"] == "success"
+    assert event["outcome"] == "success"
     assert route.call_count == 5
 
 
@@ -155,7 +155,7 @@ async def test_bounded_consecutive_failures_give_an_error_event(api):
         return_value=httpx.Response(500, json={"error": {"message": "Internal", "code": "COMMON_EXCEPTION"}})
     )
     event = await first_event(trigger(max_poll_failures=3))
-    assert event["status"] == "error"
+    assert event["outcome"] == "error"
     assert "3 consecutive status checks failed" in event["message"] and "COMMON_EXCEPTION" in event["message"]
     assert route.call_count == 6  # 3 polls x 2 attempts: bounded
 
@@ -167,7 +167,7 @@ async def test_unknown_request_is_an_immediate_error(api):
         )
     )
     event = await first_event(trigger())
-    assert event["status"] == "error" and "Not found" in event["message"]
+    assert event["outcome"] == "error" and "Not found" in event["message"]
 
 
 async def test_404_right_after_create_is_retried(api):
@@ -175,7 +175,7 @@ async def test_404_right_after_create_is_retried(api):
         side_effect=[httpx.Response(404), httpx.Response(404), *statuses({"status": "DONE"})]
     )
     event = await first_event(trigger(created_at=time.time()))
-    assert event["status"] == "success" and route.call_count == 3
+    assert event["outcome"] == "success" and route.call_count == 3
 
 
 async def test_token_expiry_401_refreshes_once(api):
@@ -192,24 +192,28 @@ async def test_token_expiry_401_refreshes_once(api):
             *statuses({"status": "DONE"}),
         ]
     )
-    assert (await first_event(trigger()))["status"] == "success"
+    assert (await first_event(trigger()))["outcome"] == "success"
     assert tokens.call_count == 2
     assert route.calls[-1].request.headers["Authorization"] == "Bearer t2"
 
 
-async def test_deadline_stops_the_job_when_asked(api):
-    # No wall-clock race: the deadline passes during the first look (on a loaded machine, resolving the
-    # connection alone can outlast a deadline set a few milliseconds ahead).
+async def test_deadline_stops_the_job_when_asked(api, monkeypatch):
+    # No wall-clock race: the wait's clock passes the deadline during the first look (on a loaded machine,
+    # resolving the connection alone can outlast a deadline set a few milliseconds ahead).
+    from airflow_provider_sentinel_batch import waiting
+
+    ahead = {"by": 0.0}
+    monkeypatch.setattr(waiting, "time", SimpleNamespace(time=lambda: time.time() + ahead["by"]))
     t = trigger(deadline=time.time() + 3600, cancel_on_timeout=True, poll_interval=0.01, adaptive=False)
 
     def processing_until_the_deadline_passes(request):
-        t.deadline = time.time() - 1
+        ahead["by"] = 7200.0
         return httpx.Response(200, json={"id": RID, "status": "PROCESSING", "userAction": "START"})
 
     looks = api.get(V2).mock(side_effect=processing_until_the_deadline_passes)
     stop = api.post(f"{V2}/stop").respond(204)
     event = await first_event(t)
-    assert event["status"] == "timeout" and "asked to stop" in event["message"]
+    assert event["outcome"] == "timeout" and "asked to stop" in event["message"]
     assert looks.call_count == 1 and stop.call_count == 1
 
 
@@ -217,7 +221,7 @@ async def test_deadline_without_cancel_leaves_the_job(api):
     api.get(V2).mock(side_effect=statuses({"status": "PROCESSING", "userAction": "START"}) * 50)
     stop = api.post(f"{V2}/stop").respond(204)
     event = await first_event(trigger(deadline=time.time() - 1))
-    assert event["status"] == "timeout" and stop.call_count == 0
+    assert event["outcome"] == "timeout" and stop.call_count == 0
 
 
 async def test_v2_cost_guard_stops_and_reports(api):
@@ -229,7 +233,7 @@ async def test_v2_cost_guard_stops_and_reports(api):
     )
     stop = api.post(f"{V2}/stop").respond(204)
     event = await first_event(trigger(max_cost_pu=100.0))
-    assert event["status"] == "cost_exceeded" and "cost 120 PU, over max_cost_pu=100" in event["message"]
+    assert event["outcome"] == "cost_exceeded" and "cost 120 PU, over max_cost_pu=100" in event["message"]
     assert stop.call_count == 1
 
 
@@ -251,7 +255,7 @@ async def test_v1_partial_and_tiles_summary(conn_env):
             ]
         )
         event = await first_event(trigger(api_version="v1"))
-    assert event["status"] == "partial"
+    assert event["outcome"] == "partial"
     assert event["summary"]["tiles"] == {"PROCESSED": 2, "FAILED": 1}
     assert event["summary"]["cost_pu"] == 100.0
 
@@ -269,7 +273,7 @@ async def test_stale_partial_after_restart_is_waited_out(conn_env):
         event = await first_event(
             trigger(api_version="v1", stale_status="PARTIAL", stale_until=time.time() + 600)
         )
-    assert event["status"] == "success"
+    assert event["outcome"] == "success"
 
 
 async def test_on_kill_stops_but_cancellation_does_not(api):
@@ -293,7 +297,7 @@ async def test_many_triggers_share_one_token(api):
     tokens = api.post(TOKEN_URL).respond(json={"access_token": "shared", "expires_in": 3600})
     api.get(V2).mock(side_effect=lambda request: httpx.Response(200, json={"id": RID, "status": "DONE"}))
     events = await asyncio.gather(*(first_event(trigger()) for _ in range(50)))
-    assert {e["status"] for e in events} == {"success"}
+    assert {e["outcome"] for e in events} == {"success"}
     assert tokens.call_count == 1 and sum(TOKEN_CACHE.fetches.values()) == 1
 
 

@@ -57,7 +57,7 @@ def test_summary_never_carries_the_payload():
         "costPU": 3.0,
         "description": "d",
         "cost_pu": 3.0,
-        "output_location": "s3://b/",
+        "location": "s3://b/r/",
     }
 
 
