@@ -8,80 +8,59 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-EVALSCRIPT = """//VERSION=3
-function setup() { return {input: [{bands: ["B04", "B08"]}], output: [{id: "default", bands: 3}],
-  mosaicking: Mosaicking.ORBIT} }
-function evaluatePixel(samples) { return [0, 0, 0] }
-"""
-CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
-SMALL_BBOX = [9.0, 42.0, 9.1, 42.1]
-CORSICA_BBOX = [8.44, 41.31, 9.66, 43.1]
+if str(ROOT) not in sys.path:  # the shared request bodies live in tests/payloads.py
+    sys.path.insert(0, str(ROOT))
+
+from airflow_provider_sentinel_batch.emulator.process import EmulatorProcess  # noqa: E402
+from tests.payloads import CORSICA_BBOX, SMALL_BBOX, corsica_v1, corsica_v2  # noqa: E402
+
+__all__ = ["CORSICA_BBOX", "SMALL_BBOX", "Emulator", "corsica_v1", "emulator", "v2_payload"]
 
 
 def v2_payload(bbox: Sequence[float] = SMALL_BBOX, description: str = "benchmark") -> dict[str, Any]:
     """A valid Batch v2 create body (grid 0 at 60 m; the small box is 1-4 tiles, Corsica 72)."""
-    return {
-        "processRequest": {
-            "input": {
-                "bounds": {"bbox": list(bbox), "properties": {"crs": CRS84}},
-                "data": [
-                    {
-                        "type": "sentinel-2-l2a",
-                        "dataFilter": {
-                            "timeRange": {"from": "2019-04-01T00:00:00Z", "to": "2019-06-30T00:00:00Z"}
-                        },
-                    }
-                ],
-            },
-            "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-            "evalscript": EVALSCRIPT,
-        },
-        "input": {"type": "tiling-grid", "id": 0, "resolution": 60.0},
-        "output": {
-            "type": "raster",
-            "delivery": {"s3": {"url": "s3://bench/<tileName>/<outputId>.tiff"}},
-        },
-        "description": description,
-    }
+    return corsica_v2(
+        "s3://bench/<tileName>/<outputId>.tiff",
+        description=description,
+        bbox=list(bbox),
+        data_type="sentinel-2-l2a",
+        max_cloud_coverage=None,
+    )
 
 
-class Emulator:
-    """``python -m airflow_provider_sentinel_batch.emulator`` in its own process on 127.0.0.1."""
+class Emulator(EmulatorProcess):
+    """The package's emulator process, plus what the benchmark scripts share: the hand-over to child scripts,
+    jobs that wait in PROCESSING, and the emulator's CPU time."""
 
-    def __init__(self, conn_json: str, pid: int) -> None:
-        self.pid = pid
-        self.conn_json = conn_json
-        conn = json.loads(conn_json)
-        self.base_url: str = conn["extra"]["base_url"]
-        self.token_url: str = conn["extra"]["token_url"]
-        self.client_id: str = conn["login"]
-        self.client_secret: str = conn["password"]
-        if not self.base_url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"emulator is not on loopback: {self.base_url}")
+    @property
+    def conn_json(self) -> str:
+        return self.airflow_conn
 
-    @classmethod
-    def from_ready_line(cls, line: str, pid: int) -> Emulator:
-        match = re.search(r"AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT='(.*)'", line)
-        if match is None:
-            raise RuntimeError(f"unexpected emulator ready line: {line!r}")
-        return cls(match.group(1), pid)
+    @property
+    def client_id(self) -> str:
+        return str(self.conn()["login"])
+
+    @property
+    def client_secret(self) -> str:
+        return str(self.conn()["password"])
 
     @classmethod
     def from_env(cls) -> Emulator:
         """In a child script: the emulator the orchestrator started (see :meth:`env`)."""
-        return cls(os.environ["AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT"], int(os.environ["BENCH_EMULATOR_PID"]))
+        handle = cls.attach(
+            os.environ["AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT"], int(os.environ["BENCH_EMULATOR_PID"])
+        )
+        assert isinstance(handle, Emulator)
+        return handle
 
     def env(self) -> dict[str, str]:
         return {
@@ -90,26 +69,9 @@ class Emulator:
             "BENCH_EMULATOR_PID": str(self.pid),
         }
 
-    def control(self, method: str, path: str, body: Any = None, timeout: float = 300.0) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.base_url}/_emulator{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
-
-    def stats(self) -> dict[str, Any]:
-        return self.control("GET", "/stats")
-
-    def reset(self) -> None:
-        self.control("POST", "/reset")
-
     def waiting_jobs(self, count: int, *, bbox: Sequence[float] = SMALL_BBOX) -> list[str]:
         """``count`` v2 jobs that sit in PROCESSING at 0 % for as long as the clock stays frozen."""
-        self.control("POST", "/time-scale", {"time_scale": 1e-6})  # frozen: only /advance moves it
+        self.set_time_scale(1e-6)  # frozen: only /advance moves it
         ids = self.control(
             "POST",
             "/jobs/bulk",
@@ -120,9 +82,10 @@ class Emulator:
                 "action": "start",
                 "write_outputs": False,
             },
+            timeout=300.0,
         )["ids"]
         # start lag 5 s + analysis ~31 s + queue 20 s + pickup 2 s: PROCESSING, no tile finished yet
-        self.control("POST", "/advance", {"seconds": 60})
+        self.advance(60)
         return list(ids)
 
     def cpu_seconds(self) -> float:
@@ -136,36 +99,9 @@ class Emulator:
 def emulator(
     time_scale: float = 1000.0, extra: Sequence[str] = (), python: str | None = None
 ) -> Iterator[Emulator]:
-    proc = subprocess.Popen(
-        [
-            python or sys.executable,
-            "-m",
-            "airflow_provider_sentinel_batch.emulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--time-scale",
-            str(time_scale),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the emulator exited before it was ready")
-        yield Emulator.from_ready_line(line, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """An emulator process on 127.0.0.1 for the block, stopped after it."""
+    with Emulator(time_scale=time_scale, args=extra, python=python, cwd=ROOT) as emu:
+        yield emu
 
 
 def percentile(values: Sequence[float], q: float) -> float:

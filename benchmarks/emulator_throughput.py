@@ -12,65 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 import requests
+from _common import corsica_v1, emulator
 
-EVALSCRIPT = """//VERSION=3
-function setup() { return {input: [{bands: ["B04", "B08"]}], output: [{id: "default", bands: 3}],
-  mosaicking: Mosaicking.ORBIT} }
-function evaluatePixel(samples) { return [0, 0, 0] }
-"""
-PAYLOAD: dict[str, Any] = {
-    "processRequest": {
-        "input": {
-            "bounds": {
-                "bbox": [8.44, 41.31, 9.66, 43.1],
-                "properties": {"crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
-            },
-            "data": [
-                {
-                    "type": "S2L2A",
-                    "dataFilter": {
-                        "timeRange": {"from": "2019-04-01T00:00:00Z", "to": "2019-06-30T00:00:00Z"}
-                    },
-                }
-            ],
-        },
-        "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-        "evalscript": EVALSCRIPT,
-    },
-    "tilingGrid": {"id": 0, "resolution": 60.0},
-    "bucketName": "bench",
-    "description": "Max NDVI over Corsica (benchmark)",
-}
-
-
-def _start_subprocess(time_scale: float) -> tuple[subprocess.Popen[str], str, str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_sentinel_batch.emulator",
-            "--port",
-            "0",
-            "--time-scale",
-            str(time_scale),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    fields = dict(re.findall(r"(\w+)=(\S+)", line.split(" AIRFLOW_CONN_")[0]))
-    return proc, fields["base_url"], fields["token_url"]
+PAYLOAD = corsica_v1("bench", description="Max NDVI over Corsica (benchmark)", max_cloud_coverage=None)
 
 
 def _token(token_url: str) -> str:
@@ -142,12 +92,8 @@ def main() -> None:
         with EmulatorServer(EmulatorConfig(port=0, time_scale=args.time_scale)) as server:
             result = run(server.base_url, server.token_url, args.clients, args.duration)
     else:
-        proc, base_url, token_url = _start_subprocess(args.time_scale)
-        try:
-            result = run(base_url, token_url, args.clients, args.duration)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+        with emulator(time_scale=args.time_scale) as emu:
+            result = run(emu.base_url, emu.token_url, args.clients, args.duration)
     result["mode"] = "in-process" if args.in_process else "subprocess"
     print(json.dumps(result, indent=2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from importlib.metadata import version
@@ -21,7 +22,9 @@ if version("apache-airflow").startswith("2."):
 
 import pytest  # noqa: E402
 
-# Airflow 2.11: importing BaseOperator lazily from a worker thread breaks; import it once here (reference §9).
+# Airflow 2.11: a test that first imports airflow.models.baseoperator inside a worker thread (common-compat's
+# async connection lookup runs get_connection in one) fails with "AttributeError: '_thread._local' object has no
+# attribute 'callers'"; importing BaseOperator once here, at module level, avoids it.
 from airflow.providers.common.compat.sdk import BaseOperator  # noqa: E402,F401
 
 
@@ -35,3 +38,32 @@ def _clean_caches():
     yield
     TOKEN_CACHE.clear()
     sentinel_batch._GRID_CACHE.clear()
+
+
+@pytest.fixture
+def emulator(sentinel_batch_emulator, monkeypatch):
+    """Point connections at the plugin's emulator: ``emulator(version)`` returns the server.
+
+    ``sentinel_batch_default`` gets the emulator for ``version`` (default v2); with ``bucket_keys=(access key,
+    secret key)`` the ``aws`` connection ``bucket_conn_id`` (default ``sentinel_batch_bucket``) holds v2
+    delivery keys as well.
+    """
+
+    def use(
+        version: str = "v2",
+        *,
+        bucket_keys: tuple[str, str] | None = None,
+        bucket_conn_id: str = "sentinel_batch_bucket",
+    ):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json(version)
+        )
+        if bucket_keys is not None:
+            login, password = bucket_keys
+            monkeypatch.setenv(
+                f"AIRFLOW_CONN_{bucket_conn_id.upper()}",
+                json.dumps({"conn_type": "aws", "login": login, "password": password}),
+            )
+        return sentinel_batch_emulator
+
+    return use

@@ -9,88 +9,29 @@ from typing import Any
 import requests
 
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
+from tests.payloads import CORSICA_BBOX, SMALL_BBOX, corsica_v1, corsica_v2, process_request
 
-# The seed document's evalscript, verbatim (max NDVI over Corsica).
-CORSICA_EVALSCRIPT = """//VERSION=3
-function setup() {
-  return {
-    input: [{bands: ["B04", "B08"]}],
-    output: [{id: "default", bands: 3}],
-    mosaicking: Mosaicking.ORBIT
-  }
-}
-function calcNDVI(sample) {
-  var denom = sample.B04 + sample.B08
-  return ((denom != 0) ? (sample.B08 - sample.B04) / denom : 0.0)
-}
-const maxNDVIcolors = [[-0.2, 0xbfbfbf],[0, 0xebebeb],[0.1, 0xc8c682],
-  [0.2, 0x91bf52],[0.4, 0x4f8a2e],[0.6, 0x0f540c]]
-const visualizer = new ColorRampVisualizer(maxNDVIcolors);
-function evaluatePixel(samples) {
-  var max = 0
-  for (var i = 0; i < samples.length; i++) {
-    var ndvi = calcNDVI(samples[i])
-    max = ndvi > max ? ndvi : max
-  }
-  ndvi = max
-  return visualizer.process(ndvi)
-}
-"""
-
-CORSICA_BBOX = [8.44, 41.31, 9.66, 43.1]
-SMALL_BBOX = [9.0, 42.0, 9.1, 42.1]  # 1-4 tiles on grid 0: quick jobs
-CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
-
-
-def process_request(bbox: list[float] | None = None, data_type: str = "sentinel-2-l2a") -> dict[str, Any]:
-    return {
-        "input": {
-            "bounds": {"bbox": bbox or SMALL_BBOX, "properties": {"crs": CRS84}},
-            "data": [
-                {
-                    "type": data_type,
-                    "dataFilter": {
-                        "timeRange": {"from": "2019-04-01T00:00:00Z", "to": "2019-06-30T00:00:00Z"},
-                        "maxCloudCoverage": 70.0,
-                    },
-                }
-            ],
-        },
-        "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-        "evalscript": CORSICA_EVALSCRIPT,
-    }
+__all__ = ["CORSICA_BBOX", "SMALL_BBOX", "Api", "freeze", "process_request", "v1_payload", "v2_payload"]
 
 
 def v1_payload(bbox: list[float] | None = None, **extra: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "processRequest": process_request(bbox),
-        "tilingGrid": {"id": 0, "resolution": 60.0},
-        "bucketName": "my-bucket",
-        "description": "emulator test",
-    }
-    payload.update(extra)
-    return payload
+    """A quick v1 job (``SMALL_BBOX`` unless ``bbox``), top-level fields replaced by ``extra``."""
+    payload = corsica_v1(
+        "my-bucket", description="emulator test", bbox=bbox or SMALL_BBOX, data_type="sentinel-2-l2a"
+    )
+    return {**payload, **extra}
 
 
 def v2_payload(bbox: list[float] | None = None, **extra: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "processRequest": process_request(bbox),
-        "input": {"type": "tiling-grid", "id": 0, "resolution": 60.0},
-        "output": {
-            "type": "raster",
-            "delivery": {
-                "s3": {
-                    "url": "s3://my-bucket/v2/<tileName>/<outputId>.tiff",
-                    "accessKey": "a",
-                    "secretAccessKey": "b",
-                }
-            },
-        },
-        "instanceType": "normal",
-        "description": "emulator test v2",
-    }
-    payload.update(extra)
-    return payload
+    """A quick v2 job delivering per tile (with bucket keys), top-level fields replaced by ``extra``."""
+    payload = corsica_v2(
+        "s3://my-bucket/v2/<tileName>/<outputId>.tiff",
+        delivery={"accessKey": "a", "secretAccessKey": "b"},
+        description="emulator test v2",
+        bbox=bbox or SMALL_BBOX,
+        data_type="sentinel-2-l2a",
+    )
+    return {**payload, "instanceType": "normal", **extra}
 
 
 class Api:

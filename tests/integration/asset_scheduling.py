@@ -43,7 +43,7 @@ def _models() -> dict[str, Any]:
 
 def place_files(dag_file: Path, support_files: Iterable[Path]) -> None:
     harness.ensure_airflow_db()
-    harness._place_files(dag_file, None, list(support_files))
+    harness.place_files(dag_file, None, list(support_files))
 
 
 def sync_and_unpause(dag_ids: Iterable[str], env: Mapping[str, str] | None = None) -> None:
@@ -172,7 +172,7 @@ def run_existing_dag_run(
     from sqlalchemy import select
 
     harness.ensure_airflow_db()
-    path = harness._place_files(dag_file, dag_id, list(support_files))
+    path = harness.place_files(dag_file, dag_id, list(support_files))
 
     def existing_run(*args: Any, **kwargs: Any) -> Any:
         session = kwargs["session"]

@@ -39,7 +39,7 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,16 +52,23 @@ from packaging.version import Version
 
 AIRFLOW_V_3 = Version(Version(airflow.__version__).base_version) >= Version("3.0.0")
 HOME_PREFIX = "sentinel-batch-airflow-home-"  # tests/conftest.py creates AIRFLOW_HOME with this prefix
+EXAMPLES = Path(__file__).resolve().parents[2] / "dags_examples"
+# the example DAGs read their poll intervals from the environment at parse time (60 s / 10 s by default)
+FAST_POLLS = {"SENTINEL_BATCH_POLL_INTERVAL": "0.2", "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.1"}
 
 __all__ = [
     "AIRFLOW_V_3",
+    "FAST_POLLS",
     "DagImportError",
     "DagRunResult",
     "TaskResult",
     "TriggerRun",
     "dags_folder",
     "ensure_airflow_db",
+    "place_files",
+    "run_corsica",
     "run_dag",
+    "run_example",
 ]
 
 
@@ -211,7 +218,9 @@ def ensure_airflow_db() -> None:
 _WRITTEN: list[Path] = []  # what earlier runs put into the DAGs folder (removed before the next run)
 
 
-def _place_files(dag_file: Path | str, dag_id: str | None, support_files: Iterable[Path | str]) -> Path:
+def place_files(dag_file: Path | str, dag_id: str | None, support_files: Iterable[Path | str] = ()) -> Path:
+    """Write the DAG file (a ``Path`` is copied, text is written) and ``support_files`` into the DAGs folder,
+    after removing what earlier calls put there; the path of the DAG file."""
     folder = dags_folder()
     for old in _WRITTEN:
         if old.is_dir():
@@ -429,7 +438,7 @@ def run_dag(
     :raises DagImportError: the file did not import or lacks ``dag_id``.
     """
     ensure_airflow_db()
-    path = _place_files(dag_file, dag_id, support_files)
+    path = place_files(dag_file, dag_id, support_files)
     with mock.patch.dict(os.environ, dict(env or {})):
         dag = _load_dag(path, dag_id)
         if disable_retries:
@@ -444,3 +453,38 @@ def run_dag(
             dag_run = dag.test(**kwargs)
         duration = time.monotonic() - started
     return _read_results(dag.dag_id, dag_run.run_id, capture, duration)
+
+
+# ------------------------------------------------------------------------------------- example DAGs
+def run_example(
+    runner: Callable[..., DagRunResult], dag_id: str, *, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> DagRunResult:
+    """``dags_examples/<dag_id>.py`` as shipped (with ``include/``) through ``runner`` (``run_dag`` or the
+    ``dag_runner`` fixture), polling every 0.1-0.2 s; ``env`` and ``kwargs`` go to the run."""
+    return runner(
+        EXAMPLES / f"{dag_id}.py",
+        dag_id,
+        support_files=[EXAMPLES / "include"],
+        env={**FAST_POLLS, **(env or {})},
+        **kwargs,
+    )
+
+
+def run_corsica(
+    runner: Callable[..., DagRunResult],
+    server: Any,
+    version: str,
+    *,
+    bucket_conn: str,
+    conn: str | None = None,
+    env: Mapping[str, str] | None = None,
+    disable_retries: bool = True,
+) -> DagRunResult:
+    """The example DAG ``corsica_max_ndvi_<version>`` against the emulator ``server`` (or the connection
+    ``conn``), with ``bucket_conn`` as the v2 delivery keys' connection (``sentinel_batch_bucket``)."""
+    run_env = {
+        "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT": conn or server.airflow_conn_json(version),
+        "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": bucket_conn,
+        **(env or {}),
+    }
+    return run_example(runner, f"corsica_max_ndvi_{version}", env=run_env, disable_retries=disable_retries)

@@ -17,32 +17,20 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
-from tests.seed import EVALSCRIPT
+from tests.integration.harness import run_example
+from tests.payloads import EVALSCRIPT
 
 # slow enough that the sensors find the job still running and really defer, fast enough for a test suite
 pytestmark = [pytest.mark.integration, pytest.mark.sentinel_batch_emulator(time_scale=100)]
 
 ROOT = Path(__file__).resolve().parents[2]
-DAGS = ROOT / "dags_examples"
-INCLUDE = DAGS / "include"
-FAST = {"SENTINEL_BATCH_POLL_INTERVAL": "0.2", "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.1"}
 BUCKET_SECRET = "canary-bucket-secret-5e3f"
 
 
 @pytest.fixture
-def emulator(sentinel_batch_emulator, monkeypatch):
+def server(emulator):
     """The emulator behind ``sentinel_batch_default`` (v2 default) and the v2 delivery keys' connection."""
-    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json("v2"))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET",
-        json.dumps({"conn_type": "aws", "login": "test-access-key", "password": BUCKET_SECRET}),
-    )
-    return sentinel_batch_emulator
-
-
-def run_example(dag_runner, dag_id: str, **kwargs):
-    env = {**FAST, **kwargs.pop("env", {})}
-    return dag_runner(DAGS / f"{dag_id}.py", dag_id, support_files=[INCLUDE], env=env, **kwargs)
+    return emulator("v2", bucket_keys=("test-access-key", BUCKET_SECRET))
 
 
 def files_under(data_dir: Path, location: str) -> list[Path]:
@@ -56,7 +44,7 @@ def assert_no_secret(result) -> None:
         assert BUCKET_SECRET not in json.dumps(task.xcom, default=str), task.task_id
 
 
-def test_corsica_v1(dag_runner, emulator):
+def test_corsica_v1(dag_runner, server):
     result = run_example(dag_runner, "corsica_max_ndvi_v1")
     assert result.succeeded, result.describe()
     assert result.task_states["cancel_on_failure"] == "skipped"
@@ -69,16 +57,16 @@ def test_corsica_v1(dag_runner, emulator):
     assert report["expected_charge_pu"] == pytest.approx(report["value_estimate_pu"] / 3, abs=0.1)
     assert summary["tiles"] == {"PROCESSED": report["tile_count"]}
     assert summary["output_location"] == f"s3://sentinel-batch-demo/{request_id}/"
-    assert len(files_under(emulator.data_dir, summary["output_location"])) == report["tile_count"]
+    assert len(files_under(server.data_dir, summary["output_location"])) == report["tile_count"]
     # the seed's exact request: its evalscript byte for byte, its description, one job
     request = SentinelBatchHook(api_version="v1").get_request(request_id)
     assert request["processRequest"]["evalscript"] == EVALSCRIPT
     assert request["description"].startswith("Max NDVI over Corsica [airflow-")
     assert request["bucketName"] == "sentinel-batch-demo"
-    assert emulator.stats()["jobs_created"] == 1
+    assert server.stats()["jobs_created"] == 1
 
 
-def test_corsica_v2(dag_runner, emulator):
+def test_corsica_v2(dag_runner, server):
     result = run_example(dag_runner, "corsica_max_ndvi_v2")
     assert result.succeeded, result.describe()
     assert result.task_states["stop_on_failure"] == "skipped"
@@ -87,14 +75,14 @@ def test_corsica_v2(dag_runner, emulator):
     assert summary["status"] == "DONE" and summary["completion_percentage"] == 100
     assert summary["cost_pu"] > 0
     assert summary["output_location"] == f"s3://sentinel-batch-demo/{request_id}/"
-    assert files_under(emulator.data_dir, summary["output_location"])
+    assert files_under(server.data_dir, summary["output_location"])
     request = SentinelBatchHook(api_version="v2").get_request(request_id)
     assert request["request"]["processRequest"]["evalscript"] == EVALSCRIPT
-    assert emulator.stats()["jobs_created"] == 1
+    assert server.stats()["jobs_created"] == 1
     assert_no_secret(result)
 
 
-def test_corsica_v1_failure_cancels_the_job(dag_runner, emulator):
+def test_corsica_v1_failure_cancels_the_job(dag_runner, server):
     """The cost guard refuses to start; the one_failed task cancels the analysed job; the run fails."""
     result = run_example(dag_runner, "corsica_max_ndvi_v1", env={"SENTINEL_BATCH_MAX_COST_PU": "10"})
     assert not result.succeeded
@@ -106,7 +94,7 @@ def test_corsica_v1_failure_cancels_the_job(dag_runner, emulator):
     assert request["status"] == "CANCELED"
 
 
-def test_seasonal_month_from_the_data_interval(dag_runner, emulator):
+def test_seasonal_month_from_the_data_interval(dag_runner, server):
     # the run on 1 June processes May (the one-month interval before the cron tick)
     result = run_example(dag_runner, "seasonal_max_ndvi", logical_date=datetime(2025, 6, 1, tzinfo=UTC))
     assert result.succeeded, result.describe()
@@ -124,7 +112,7 @@ def test_seasonal_month_from_the_data_interval(dag_runner, emulator):
     assert description.startswith("Seasonal max NDVI 2025-05 (2025-05-01 to 2025-06-01)")
 
 
-def test_per_aoi_fans_out_one_job_per_area(dag_runner, emulator):
+def test_per_aoi_fans_out_one_job_per_area(dag_runner, server):
     aois = [
         {"name": "cap corse", "bbox": [9.3, 42.7, 9.5, 43.0]},
         {"name": "ajaccio", "bbox": [8.6, 41.85, 8.85, 42.0]},
@@ -137,8 +125,8 @@ def test_per_aoi_fans_out_one_job_per_area(dag_runner, emulator):
     assert len({job["request_id"] for job in jobs}) == 2
     assert jobs[0]["output_location"].startswith("s3://sentinel-batch-demo/per-aoi/cap-corse/")
     assert jobs[1]["output_location"].startswith("s3://sentinel-batch-demo/per-aoi/ajaccio/")
-    assert all(files_under(emulator.data_dir, job["output_location"]) for job in jobs)
-    assert emulator.stats()["jobs_created"] == 2
+    assert all(files_under(server.data_dir, job["output_location"]) for job in jobs)
+    assert server.stats()["jobs_created"] == 2
     assert_no_secret(result)
 
 

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import pytest
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchAuthError, SentinelBatchNotFoundError
 from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 from airflow_provider_sentinel_batch.retry import RetryPolicy
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 FAST = RetryPolicy(backoff_initial=0.01, backoff_max=0.2, default_retry_after=0.01, max_retry_after=0.05)
 
 
-def v2_payload():
-    payload = seed_payload()
-    del payload["tilingGrid"], payload["bucketName"]
-    payload["processRequest"]["input"]["data"][0]["type"] = "sentinel-2-l2a"
-    payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    payload["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://my-bucket/corsica"}}}
-    return payload
+v2_payload = partial(corsica_v2, "s3://my-bucket/corsica", data_type="sentinel-2-l2a")
 
 
 def wait_until(hook, rid, statuses, timeout=30.0, **kwargs):
@@ -46,7 +41,7 @@ def emulator_conn(sentinel_batch_emulator, monkeypatch):
 
 def test_seed_workflow_call_by_call(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    created = hook.create_request(seed_payload("my-bucket"))  # create
+    created = hook.create_request(corsica_v1("my-bucket"))  # create
     rid = created["id"]
     assert created["status"] == "CREATED" and created["tileCount"] > 0
     assert rid in [r["id"] for r in hook.list_requests()]  # all requests
@@ -67,7 +62,7 @@ def test_seed_workflow_call_by_call(sentinel_batch_emulator, emulator_conn):
 
 def test_v1_to_done_and_outputs(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    rid = hook.create_request(seed_payload("my-bucket"))["id"]
+    rid = hook.create_request(corsica_v1("my-bucket"))["id"]
     hook.start(rid)  # START without ANALYSE analyses first
     done = wait_until(hook, rid, {"DONE", "PARTIAL", "FAILED"})
     assert done["status"] == "DONE"
@@ -79,7 +74,7 @@ def test_v1_to_done_and_outputs(sentinel_batch_emulator, emulator_conn):
 
 def test_v1_update_delete_and_grids(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    rid = hook.create_request(seed_payload("my-bucket"))["id"]
+    rid = hook.create_request(corsica_v1("my-bucket"))["id"]
     assert hook.update_request(rid, description="renamed")["description"] == "renamed"
     assert [g["id"] for g in hook.list_tiling_grids()][:3] == [0, 1, 2]
     assert hook.get_tiling_grid(0)["properties"]["resolutions"]
@@ -115,7 +110,7 @@ def test_v2_stop(sentinel_batch_emulator, emulator_conn):
 def test_hook_rides_out_429_and_5xx(sentinel_batch_emulator, emulator_conn):
     emulator_conn("v1")
     hook = SentinelBatchHook(retry_policy=RetryPolicy(**{**FAST.to_dict(), "max_attempts": 10}))
-    rid = hook.create_request(seed_payload("b"))["id"]
+    rid = hook.create_request(corsica_v1("b"))["id"]
     for _ in range(20):
         assert hook.get_request(rid)["id"] == rid
     injected = sentinel_batch_emulator.stats()["faults_injected"]
@@ -126,7 +121,7 @@ def test_hook_rides_out_429_and_5xx(sentinel_batch_emulator, emulator_conn):
 @pytest.mark.sentinel_batch_emulator(not_found_after_create=0.5)
 def test_404_window_after_create(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    rid = hook.create_request(seed_payload("b"))["id"]
+    rid = hook.create_request(corsica_v1("b"))["id"]
     assert hook.get_request(rid)["id"] == rid  # 404s during the window are retried
     calls = sentinel_batch_emulator.stats()["calls"]
     assert sum(v for k, v in calls.items() if k.startswith("GET /api/v1/batch/process/")) >= 2
@@ -135,7 +130,7 @@ def test_404_window_after_create(sentinel_batch_emulator, emulator_conn):
 @pytest.mark.sentinel_batch_emulator(token_lifetime=1)
 def test_short_token_lifetime_refreshes(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    rid = hook.create_request(seed_payload("b"))["id"]
+    rid = hook.create_request(corsica_v1("b"))["id"]
     time.sleep(1.2)
     hook.get_request(rid)
     assert sentinel_batch_emulator.stats()["token_requests"] == 2
@@ -143,7 +138,7 @@ def test_short_token_lifetime_refreshes(sentinel_batch_emulator, emulator_conn):
 
 def test_revoked_token_is_replaced(sentinel_batch_emulator, emulator_conn):
     hook = emulator_conn("v1")
-    rid = hook.create_request(seed_payload("b"))["id"]
+    rid = hook.create_request(corsica_v1("b"))["id"]
     sentinel_batch_emulator.revoke_tokens()
     assert hook.get_request(rid)["id"] == rid
     assert sentinel_batch_emulator.stats()["token_requests"] == 2

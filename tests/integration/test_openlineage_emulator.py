@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from datetime import datetime
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -25,31 +26,14 @@ from airflow_provider_sentinel_batch.operators.batch import (
     SentinelBatchStartOperator,
 )
 from airflow_provider_sentinel_batch.sensors.batch import SentinelBatchSensor
-from tests.seed import seed_payload
+from tests.fakes import FakeTI
+from tests.payloads import corsica_v2
 
 pytestmark = pytest.mark.integration
 BUCKET_SECRET = "ol-canary-secret-77aa"
 
 
-class FakeTI:
-    def __init__(self, task_id: str) -> None:
-        self.dag_id, self.task_id, self.map_index, self.run_id = "ol", task_id, -1, "manual__ol"
-        self.try_number = 1
-        self.xcoms: dict[str, object] = {}
-
-    def xcom_push(self, key, value):
-        self.xcoms[key] = value
-
-    def xcom_pull(self, task_ids=None, key="return_value", **_):
-        return self.xcoms.get(key)
-
-
-def v2_payload() -> dict:
-    body = seed_payload()
-    del body["tilingGrid"], body["bucketName"]
-    body["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    body["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://ol-bucket/ndvi"}}}
-    return body
+v2_payload = partial(corsica_v2, "s3://ol-bucket/ndvi")
 
 
 def extract(task, ti):
@@ -81,22 +65,17 @@ def as_event_json(metadata) -> dict:
 
 
 @pytest.fixture
-def emulator(sentinel_batch_emulator, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json("v2"))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_OL_BUCKET",
-        json.dumps({"conn_type": "aws", "login": "AKIAOL", "password": BUCKET_SECRET}),
-    )
-    return sentinel_batch_emulator
+def server(emulator):
+    return emulator("v2", bucket_keys=("AKIAOL", BUCKET_SECRET), bucket_conn_id="ol_bucket")
 
 
-def test_create_start_and_sensor_report_inputs_outputs_and_the_request(emulator):
-    host = emulator.base_url.split("://", 1)[1]
+def test_create_start_and_sensor_report_inputs_outputs_and_the_request(server):
+    host = server.base_url.split("://", 1)[1]
     with DAG("ol", schedule=None, start_date=datetime(2024, 1, 1)):
         create = SentinelBatchCreateOperator(
             task_id="create", payload=v2_payload(), bucket_conn_id="ol_bucket"
         )
-    ti = FakeTI("create")
+    ti = FakeTI("create", dag_id="ol", run_id="manual__ol")
     rid = create.execute({"ti": ti, "run_id": ti.run_id})
 
     created = extract(create, ti)
@@ -110,7 +89,7 @@ def test_create_start_and_sensor_report_inputs_outputs_and_the_request(emulator)
     with DAG("ol2", schedule=None, start_date=datetime(2024, 1, 1)):
         start = SentinelBatchStartOperator(task_id="start", request_id=rid)
         wait = SentinelBatchSensor(
-            task_id="wait", request_id=rid, deferrable=False, results_url=emulator.data_dir.as_uri()
+            task_id="wait", request_id=rid, deferrable=False, results_url=server.data_dir.as_uri()
         )
     start.execute({"ti": FakeTI("start"), "run_id": "manual__ol"})
     assert extract(start, FakeTI("start")).run_facets["sentinelBatch"].requestId == rid
@@ -138,7 +117,7 @@ def test_create_start_and_sensor_report_inputs_outputs_and_the_request(emulator)
         assert document["inputs"][0]["facets"]["sentinelHubInput"]["bbox"] == [8.44, 41.31, 9.66, 43.1]
 
 
-def test_a_sensor_that_never_finished_reads_the_request_for_lineage(emulator):
+def test_a_sensor_that_never_finished_reads_the_request_for_lineage(server):
     rid = SentinelBatchHook().create_request(v2_payload())["id"]
     with DAG("ol3", schedule=None, start_date=datetime(2024, 1, 1)):
         wait = SentinelBatchSensor(task_id="wait", request_id=rid)

@@ -6,25 +6,18 @@ import asyncio
 import json
 import textwrap
 import time
+from functools import partial
 
 import pytest
 
 from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 pytestmark = pytest.mark.integration
 
 
-def v1_payload() -> dict:
-    return seed_payload("corsica-bucket")
-
-
-def v2_payload() -> dict:
-    payload = seed_payload()
-    del payload["tilingGrid"], payload["bucketName"]
-    payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    payload["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://corsica-bucket/v2"}}}
-    return payload
+v1_payload = partial(corsica_v1, "corsica-bucket")
+v2_payload = partial(corsica_v2, "s3://corsica-bucket/v2")
 
 
 def dag_source(
@@ -78,17 +71,6 @@ def dag_source(
         {extra}
         '''
     )
-
-
-@pytest.fixture
-def emulator(sentinel_batch_emulator, monkeypatch):
-    def use(version: str):
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json(version)
-        )
-        return sentinel_batch_emulator
-
-    return use
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

@@ -28,20 +28,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
+from tests.integration import harness
 from tests.integration.harness import AIRFLOW_V_3, DagRunResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "dags_examples"
 VERSIONS = ["v1", "v2"]
-FAST_POLLS = {"SENTINEL_BATCH_POLL_INTERVAL": "0.2", "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.1"}
 BUCKET_CONN = json.dumps(
     {"conn_type": "aws", "login": "AKIAEMULATORBUCKET", "password": "emulator-bucket-key"}
 )
@@ -82,18 +79,13 @@ def run_corsica(
     disable_retries: bool = True,
 ) -> DagRunResult:
     """The example DAG ``dags_examples/corsica_max_ndvi_<version>.py`` against ``server``, fast polls."""
-    dag_id = f"corsica_max_ndvi_{version}"
-    run_env = {
-        "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT": conn or server.airflow_conn_json(version),
-        "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": BUCKET_CONN,
-        **FAST_POLLS,
-        **(env or {}),
-    }
-    return dag_runner(
-        EXAMPLES / f"{dag_id}.py",
-        dag_id,
-        env=run_env,
-        support_files=[EXAMPLES / "include"],
+    return harness.run_corsica(
+        dag_runner,
+        server,
+        version,
+        bucket_conn=BUCKET_CONN,
+        conn=conn,
+        env=env,
         disable_retries=disable_retries,
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 pytestmark = pytest.mark.integration
 
@@ -17,12 +17,7 @@ BUCKET_SECRET = "results-canary-secret-81c2"
 
 
 def payload(version: str) -> dict:
-    body = seed_payload("results-bucket")
-    if version == "v2":
-        del body["tilingGrid"], body["bucketName"]
-        body["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-        body["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://results-bucket/ndvi"}}}
-    return body
+    return corsica_v1("results-bucket") if version == "v1" else corsica_v2("s3://results-bucket/ndvi")
 
 
 def dag_source(dag_id: str, version: str, wait: str = "", outlets: str = "") -> str:
@@ -50,17 +45,6 @@ def dag_source(dag_id: str, version: str, wait: str = "", outlets: str = "") -> 
             create >> start >> wait
         """
     )
-
-
-@pytest.fixture
-def emulator(sentinel_batch_emulator, monkeypatch):
-    def use(version: str):
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json(version)
-        )
-        return sentinel_batch_emulator
-
-    return use
 
 
 def local(data_dir: Path, url: str) -> Path:

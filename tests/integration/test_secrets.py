@@ -19,33 +19,27 @@ from typing import Any
 import pytest
 
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
-from tests.integration.harness import DagRunResult
+from tests.integration import harness
+from tests.integration.harness import EXAMPLES, DagRunResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "dags_examples"
 CANARY_CLIENT_SECRET = "canary-client-secret-6f3a91c2e7d4"
 CANARY_BUCKET_SECRET = "canary-bucket-secret-0d4b8e5a19c3"
 CANARY_ACCESS_KEY = "AKIACANARY7Q2W9XZ"  # an identifier, not a secret: it may travel, but is reported
+CANARY_BUCKET_CONN = json.dumps(
+    {
+        "conn_type": "aws",
+        "login": CANARY_ACCESS_KEY,
+        "password": CANARY_BUCKET_SECRET,
+        "extra": {"region_name": "eu-central-1"},
+    }
+)
 
 
 def run_corsica(dag_runner: Any, server: EmulatorServer, version: str) -> DagRunResult:
-    dag_id = f"corsica_max_ndvi_{version}"
-    env = {
-        "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT": server.airflow_conn_json(version),
-        "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": json.dumps(
-            {
-                "conn_type": "aws",
-                "login": CANARY_ACCESS_KEY,
-                "password": CANARY_BUCKET_SECRET,
-                "extra": {"region_name": "eu-central-1"},
-            }
-        ),
-        "SENTINEL_BATCH_POLL_INTERVAL": "0.2",
-        "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.1",
-    }
-    return dag_runner(EXAMPLES / f"{dag_id}.py", dag_id, env=env, support_files=[EXAMPLES / "include"])
+    """The Corsica example DAG with the canary bucket keys."""
+    return harness.run_corsica(dag_runner, server, version, bucket_conn=CANARY_BUCKET_CONN)
 
 
 def rendered_fields(result: DagRunResult) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """A real Airflow deployment for tests: the emulator and Airflow's own daemons, each in its own process.
 
-* :class:`EmulatorProcess`: ``python -m airflow_provider_sentinel_batch.emulator --port 0`` on 127.0.0.1; the
-  ready line it prints gives the base URL and the ``AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT`` value; its
-  ``/_emulator`` control plane gives stats, job states and the clock (time scale, advance).
+* :class:`StackEmulator`: the package's :class:`EmulatorProcess` (``python -m
+  airflow_provider_sentinel_batch.emulator --port 0`` on 127.0.0.1, ready line, ``/_emulator`` control plane
+  for stats, job states and the clock) with its data and log under the stack's folder.
 * :class:`AirflowStack`: a fresh ``AIRFLOW_HOME`` (SQLite) and the daemons a deployment runs. Airflow 3:
   ``api-server`` (127.0.0.1 only; tasks reach the Execution API through it; ``simple_auth_manager_all_admins``
   so the test can act as a user through the REST API), ``scheduler`` (LocalExecutor, which Airflow 3 accepts
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
-import selectors
 import signal
 import socket
 import sqlite3
@@ -38,12 +36,13 @@ from typing import Any, TypeVar
 
 import requests
 
+from airflow_provider_sentinel_batch.emulator.process import EmulatorProcess
+
 AIRFLOW_VERSION = version("apache-airflow")
 AIRFLOW_3 = int(AIRFLOW_VERSION.split(".")[0]) >= 3
 BIN = Path(sys.executable).parent  # the venv's bin: ``airflow`` and the interpreter the daemons must use
 TRIGGER_CLASSPATH = "airflow_provider_sentinel_batch.triggers.batch.SentinelBatchTrigger"
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy"}
-_READY = re.compile(r"base_url=(?P<base>\S+) .*AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT='(?P<conn>.*)'\s*$")
 
 T = TypeVar("T")
 
@@ -180,103 +179,17 @@ class ManagedProcess:
         return "\n".join(self.log().splitlines()[-lines:])
 
 
-class EmulatorProcess(ManagedProcess):
-    """The Batch API emulator as a separate process on 127.0.0.1, with its control plane."""
+class StackEmulator(EmulatorProcess):
+    """The emulator process of a stack: its data and log under ``root``, plus the kill calls it has seen."""
 
     def __init__(self, root: Path, *, time_scale: float, env: dict[str, str] | None = None) -> None:
-        env = dict(env if env is not None else clean_environment())
         super().__init__(
-            "emulator",
-            [
-                sys.executable,
-                "-m",
-                "airflow_provider_sentinel_batch.emulator",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--time-scale",
-                f"{time_scale:g}",
-                "--data-dir",
-                str(root / "emulator-data"),
-            ],
-            env=env,
+            time_scale=time_scale,
+            data_dir=root / "emulator-data",
+            env=dict(env if env is not None else clean_environment()),
             cwd=root,
             log_path=root / "logs" / "emulator.log",
-            stdout_pipe=True,
         )
-        self.base_url = ""
-        self.airflow_conn = ""
-        self._launched = 0.0
-        self.ready_seconds = 0.0
-        self.http = local_session()
-
-    def start(self, timeout: float = 60.0) -> EmulatorProcess:
-        return self.launch().wait_ready(timeout)
-
-    def launch(self) -> EmulatorProcess:
-        """Start the process; :meth:`wait_ready` reads its ready line (do other work in between)."""
-        self._launched = time.monotonic()
-        super().start()
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> EmulatorProcess:
-        line = self._first_line(timeout)
-        match = _READY.search(line)
-        if match is None:
-            raise RuntimeError(f"unexpected ready line from the emulator: {line!r}")
-        self.base_url, self.airflow_conn = match["base"], match["conn"]
-        if not self.base_url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"the emulator must listen on loopback, got {self.base_url}")
-        self.control("GET", "/health")
-        self.ready_seconds = time.monotonic() - self._launched
-        return self
-
-    def _first_line(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        buffer = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"the emulator printed no ready line within {timeout:g} s:\n{self.tail()}"
-                    )
-                if not selector.select(min(remaining, 0.5)):
-                    if self.proc.poll() is not None:
-                        raise RuntimeError(f"the emulator exited ({self.proc.returncode}):\n{self.tail()}")
-                    continue
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise RuntimeError(f"the emulator closed its output ({self.proc.poll()}):\n{self.tail()}")
-                buffer += chunk
-        return buffer.split(b"\n", 1)[0].decode(errors="replace")
-
-    # ------------------------------------------------------------------------------------- control plane
-    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self.http.request(method, f"{self.base_url}/_emulator{path}", json=body, timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.control("GET", "/stats"))
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return list(self.control("GET", "/jobs"))
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.control("GET", f"/jobs/{job_id}"))
-
-    def reset(self) -> None:
-        self.control("POST", "/reset")
-
-    def set_time_scale(self, scale: float) -> None:
-        self.control("POST", "/time-scale", {"time_scale": scale})
-
-    def advance(self, seconds: float) -> None:
-        self.control("POST", "/advance", {"seconds": seconds})
 
     def kill_calls(self) -> dict[str, int]:
         """Calls that stop a job: v1 ``.../cancel``, v2 ``.../stop`` (route templates, all jobs)."""
@@ -300,7 +213,7 @@ def clean_environment() -> dict[str, str]:
 class AirflowStack:
     """A fresh ``AIRFLOW_HOME`` under ``root`` and Airflow's daemons, talking to ``emulator``."""
 
-    def __init__(self, root: Path, emulator: EmulatorProcess, *, parallelism: int = 2) -> None:
+    def __init__(self, root: Path, emulator: StackEmulator, *, parallelism: int = 2) -> None:
         from cryptography.fernet import Fernet
 
         self.root = root

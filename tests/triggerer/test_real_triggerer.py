@@ -20,7 +20,6 @@ daemons), ``require`` (CI: such a machine is a failure, never a skip), ``off`` (
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -34,13 +33,13 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 from tests.triggerer.stack import (
     AIRFLOW_VERSION,
     BIN,
     TRIGGER_CLASSPATH,
     AirflowStack,
-    EmulatorProcess,
+    StackEmulator,
     clean_environment,
     free_port,
 )
@@ -93,15 +92,8 @@ def _check_environment() -> None:
 
 
 def _payload(version: str) -> dict[str, Any]:
-    """The seed document's Corsica request (v1), and the same job in v2's shape."""
-    payload = seed_payload("corsica-bucket")
-    if version == "v1":
-        return payload
-    v2 = copy.deepcopy(payload)
-    del v2["tilingGrid"], v2["bucketName"]
-    v2["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    v2["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://corsica-bucket/v2"}}}
-    return v2
+    """The Corsica request (v1), and the same job in v2's shape."""
+    return corsica_v1("corsica-bucket") if version == "v1" else corsica_v2("s3://corsica-bucket/v2")
 
 
 def _dag_source() -> str:
@@ -147,7 +139,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     _check_environment()
     root = tmp_path_factory.mktemp("real-triggerer")
     started = time.monotonic()
-    emulator = EmulatorProcess(root, time_scale=FAST, env=clean_environment())
+    emulator = StackEmulator(root, time_scale=FAST, env=clean_environment())
     airflow: AirflowStack | None = None
     try:
         emulator.launch()  # starts while the DB is migrated
@@ -163,7 +155,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         if airflow is not None:
             airflow.stop()
             _report_timings(request.config, airflow, started)
-        emulator.http.close()
         emulator.stop()
 
 
@@ -198,7 +189,7 @@ class Deferral:
     trigger_log: str
 
 
-def _only_job(emulator: EmulatorProcess) -> dict[str, Any] | None:
+def _only_job(emulator: StackEmulator) -> dict[str, Any] | None:
     jobs = emulator.jobs()
     return jobs[0] if len(jobs) == 1 else None
 
@@ -258,7 +249,7 @@ def _wait_trigger_log(
     )
 
 
-def _advance_until(emulator: EmulatorProcess, request_id: str, status: str, timeout: float = 30.0) -> None:
+def _advance_until(emulator: StackEmulator, request_id: str, status: str, timeout: float = 30.0) -> None:
     """Move the emulator's clock forward until the job shows ``status`` (the slow clock keeps it there)."""
     deadline = time.monotonic() + timeout
     while (current := emulator.job(request_id)["status"]) != status:
@@ -296,7 +287,7 @@ def _assert_resumed_after_deferral(
     assert done_at > deferred_at, f"no resumption after the deferral in the task log:\n{log[-3000:]}"
 
 
-def _emulator_totals(emulator: EmulatorProcess) -> tuple[int, dict[str, Any], dict[str, int]]:
+def _emulator_totals(emulator: StackEmulator) -> tuple[int, dict[str, Any], dict[str, int]]:
     stats = emulator.stats()
     jobs = {v: dict(states) for v, states in stats["jobs"].items() if states}
     return stats["jobs_created"], jobs, emulator.kill_calls()
@@ -446,7 +437,7 @@ def _leaves_the_job_running(request_id: str) -> str:
     return f"leaving batch request {request_id} running"
 
 
-def _wait_job_status(emulator: EmulatorProcess, request_id: str, status: str, timeout: float = 30.0) -> None:
+def _wait_job_status(emulator: StackEmulator, request_id: str, status: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while (current := emulator.job(request_id)["status"]) != status:
         assert time.monotonic() < deadline, f"job {request_id} still {current}, never {status}"

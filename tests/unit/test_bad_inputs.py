@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from functools import partial
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ from airflow_provider_sentinel_batch.sensors.batch import SentinelBatchSensor
 from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
 from airflow_provider_sentinel_batch.validation import MIGRATION, validate_payload
 from airflow_provider_sentinel_batch.waiting import describe, judge
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 from .conftest import BASE, TOKEN_URL
 
@@ -41,17 +42,8 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 EMULATOR_GRIDS = "0, 1, 2, 3, 6, 7"
 
 
-def v1_payload() -> dict:
-    return seed_payload("corsica-bucket")
-
-
-def v2_payload() -> dict:
-    payload = seed_payload()
-    del payload["tilingGrid"], payload["bucketName"]
-    payload["processRequest"]["input"]["data"][0]["type"] = "sentinel-2-l2a"
-    payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    payload["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://corsica-bucket/v2"}}}
-    return payload
+v1_payload = partial(corsica_v1, "corsica-bucket")
+v2_payload = partial(corsica_v2, "s3://corsica-bucket/v2", data_type="sentinel-2-l2a")
 
 
 PAYLOADS = {"v1": v1_payload, "v2": v2_payload}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.seed import EVALSCRIPT, seed_payload
+from tests.payloads import EVALSCRIPT, corsica_v1
 
 DAGS = Path(__file__).resolve().parents[2] / "dags_examples"
 DAG_FILES = sorted(DAGS.glob("*.py"))
@@ -194,7 +194,7 @@ def test_no_credentials_in_dag_files(dag_file):
 
 def test_corsica_v1_payload_is_the_seed_payload(dagbag):
     create = dagbag.dags["corsica_max_ndvi_v1"].get_task("create")
-    expected = seed_payload(bucket=create.payload["bucketName"])
+    expected = corsica_v1(bucket=create.payload["bucketName"])
     del expected["processRequest"]["evalscript"]  # sent from the .js file through ``evalscript``
     assert create.payload == expected
     assert "sentinel_batch_bucket" in create.payload["bucketName"]  # Variable, then default
@@ -204,7 +204,7 @@ def test_corsica_v1_payload_is_the_seed_payload(dagbag):
 
 def test_corsica_v2_payload_is_the_same_job_in_v2_form(dagbag):
     create = dagbag.dags["corsica_max_ndvi_v2"].get_task("create")
-    v1 = seed_payload()["processRequest"]
+    v1 = corsica_v1()["processRequest"]
     payload = create.payload
     assert payload["processRequest"]["input"]["bounds"] == v1["input"]["bounds"]
     data = payload["processRequest"]["input"]["data"][0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import pytest
 
@@ -17,6 +18,7 @@ from airflow_provider_sentinel_batch.exceptions import (
 )
 from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 from airflow_provider_sentinel_batch.retry import RECENT_REQUESTS, RetryPolicy
+from tests.payloads import corsica_v1, corsica_v2
 
 from .conftest import BASE, CLIENT_ID, GRIDS, SECRET, TOKEN_URL, FakeSleep
 
@@ -25,24 +27,8 @@ V2 = f"{BASE}/api/v2/batch"
 RID = "5e1a2b3c-0000-4000-8000-000000000001"
 
 
-def v2_payload():
-    return {
-        "processRequest": {
-            "input": {"bounds": {"bbox": [8.44, 41.31, 9.66, 43.1]}, "data": [{"type": "sentinel-2-l2a"}]},
-            "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-            "evalscript": "//VERSION=3 ...",
-        },
-        "input": {"type": "tiling-grid", "id": 0, "resolution": 60.0},
-        "output": {"type": "raster", "delivery": {"s3": {"url": "s3://bucket/prefix"}}},
-        "description": "x",
-    }
-
-
-def v1_payload():
-    payload = v2_payload()
-    del payload["input"], payload["output"]
-    payload.update({"tilingGrid": {"id": 0, "resolution": 60.0}, "bucketName": "bucket"})
-    return payload
+v1_payload = partial(corsica_v1, "bucket", data_type="sentinel-2-l2a")
+v2_payload = partial(corsica_v2, "s3://bucket/prefix", data_type="sentinel-2-l2a")
 
 
 # ------------------------------------------------------------------------------------------- endpoints v1

@@ -23,22 +23,14 @@ from airflow_provider_sentinel_batch.operators.batch import (
 )
 from airflow_provider_sentinel_batch.sensors.batch import SentinelBatchSensor
 from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
-from tests.seed import seed_payload
+from tests.fakes import FakeTI
+from tests.payloads import corsica_v1
 
 from .conftest import BASE, GRIDS
 
 RID = "4f1d2c3b-aaaa-4bbb-8ccc-000000000042"
 V1 = f"{BASE}/api/v1/batch"
 V2 = f"{BASE}/api/v2/batch"
-
-
-class FakeTI:
-    def __init__(self, task_id="create", map_index=-1):
-        self.dag_id, self.task_id, self.map_index, self.run_id = "corsica", task_id, map_index, "manual__2019"
-        self.xcoms: dict[str, object] = {}
-
-    def xcom_push(self, key, value):
-        self.xcoms[key] = value
 
 
 def ctx(task_id="create", map_index=-1):
@@ -61,12 +53,12 @@ def test_create_tags_pushes_and_returns_id(v1):
     v1.get(f"{V1}/process", json={"data": [], "links": {}})
     create = v1.post(f"{V1}/process", status_code=201, json=request_body())
     context = ctx()
-    op = SentinelBatchCreateOperator(task_id="create", payload=seed_payload("bucket"), api_version="v1")
+    op = SentinelBatchCreateOperator(task_id="create", payload=corsica_v1("bucket"), api_version="v1")
     assert op.execute(context) == RID
     sent = create.last_request.json()
     tag = idempotency_tag(context)
     assert sent["description"] == f"Max NDVI over Corsica [{tag}]"
-    assert sent["processRequest"] == seed_payload("bucket")["processRequest"]
+    assert sent["processRequest"] == corsica_v1("bucket")["processRequest"]
     xcoms = context["ti"].xcoms
     assert xcoms["request_id"] == RID and isinstance(xcoms["created_at"], float)
     assert xcoms["sentinel_batch_links"]["output"] == f"s3://bucket/{RID}/"
@@ -86,7 +78,7 @@ def test_create_reattaches_on_retry_instead_of_paying_twice(v1):
         },
     )
     create = v1.post(f"{V1}/process", status_code=201, json=request_body())
-    op = SentinelBatchCreateOperator(task_id="create", payload=seed_payload("bucket"), api_version="v1")
+    op = SentinelBatchCreateOperator(task_id="create", payload=corsica_v1("bucket"), api_version="v1")
     assert op.execute(context) == RID
     assert create.call_count == 0
     assert search.last_request.qs["search"] == [tag]
@@ -101,9 +93,7 @@ def test_create_does_not_reuse_a_failed_job(v1):
     )
     create = v1.post(f"{V1}/process", status_code=201, json=request_body())
     assert (
-        SentinelBatchCreateOperator(task_id="create", payload=seed_payload(), api_version="v1").execute(
-            context
-        )
+        SentinelBatchCreateOperator(task_id="create", payload=corsica_v1(), api_version="v1").execute(context)
         == RID
     )
     assert create.call_count == 1
@@ -118,7 +108,7 @@ def test_tag_differs_per_map_index_and_task():
 def test_create_rejects_bad_payload_before_any_paid_call(v1):
     v1.get(f"{V1}/process", json={"data": [], "links": {}})
     create = v1.post(f"{V1}/process", status_code=201, json=request_body())
-    payload = seed_payload()
+    payload = corsica_v1()
     payload["tilingGrid"]["resolution"] = 15.0
     with pytest.raises(SentinelBatchValidationError, match=r"resolution 15\.0 is not offered"):
         SentinelBatchCreateOperator(task_id="create", payload=payload, api_version="v1").execute(ctx())
@@ -128,7 +118,7 @@ def test_create_rejects_bad_payload_before_any_paid_call(v1):
 def test_create_from_json_string_and_evalscript(v1):
     v1.get(f"{V1}/process", json={"data": [], "links": {}})
     create = v1.post(f"{V1}/process", status_code=201, json=request_body())
-    payload = seed_payload()
+    payload = corsica_v1()
     del payload["processRequest"]["evalscript"]
     op = SentinelBatchCreateOperator(
         task_id="create",
@@ -154,7 +144,7 @@ def test_v2_bucket_credentials_come_from_a_connection(conn_env, token_mock, requ
     create = requests_mock.post(
         f"{V2}/process", status_code=201, json={"id": RID, "status": "CREATED", "request": {}}
     )
-    payload = seed_payload()
+    payload = corsica_v1()
     del payload["tilingGrid"], payload["bucketName"]
     payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
     payload["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://bucket/corsica"}}}

@@ -13,7 +13,7 @@ from airflow_provider_sentinel_batch.bucket import BucketReader, storage_options
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchJobError
 from airflow_provider_sentinel_batch.layout import output_layout
 from airflow_provider_sentinel_batch.manifest import features_manifest, read_execution_db, tiles_manifest
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1
 
 RID = "4f1d2c3b-aaaa-4bbb-8ccc-000000000042"
 
@@ -55,7 +55,7 @@ def test_output_layout(version, request_body, template, location):
 
 
 def test_paths_follow_the_template_per_response():
-    body = seed_payload("b")
+    body = corsica_v1("b")
     body["processRequest"]["output"]["responses"].append(
         {"identifier": "userdata", "format": {"type": "application/json"}}
     )

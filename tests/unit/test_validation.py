@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchValidationError
 from airflow_provider_sentinel_batch.validation import validate_payload
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 from .conftest import GRIDS
 
-
-def v2_payload():
-    payload = seed_payload()
-    for key in ("tilingGrid", "bucketName"):
-        del payload[key]
-    payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-    payload["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://bucket/corsica"}}}
-    return payload
+v2_payload = partial(corsica_v2, "s3://bucket/corsica")
 
 
 def _mutate(payload, path, value):
@@ -56,7 +50,7 @@ BAD_V1 = [
 @pytest.mark.parametrize(("path", "value", "message"), BAD_V1)
 def test_v1_mistakes(path, value, message):
     with pytest.raises(SentinelBatchValidationError) as exc:
-        validate_payload(_mutate(seed_payload(), path, value), "v1")
+        validate_payload(_mutate(corsica_v1(), path, value), "v1")
     assert message in str(exc.value)
     assert "nothing was sent" in str(exc.value)
 
@@ -80,12 +74,12 @@ def test_v2_mistakes(path, value, message):
 
 
 def test_grid_zero_is_a_real_grid():
-    validate_payload(seed_payload(), "v1", grids=GRIDS["data"])
+    validate_payload(corsica_v1(), "v1", grids=GRIDS["data"])
     validate_payload(v2_payload(), "v2", grids=GRIDS["data"])
 
 
 def test_v1_zarr_on_utm_grid_rejected():
-    payload = seed_payload()
+    payload = corsica_v1()
     del payload["bucketName"]
     payload["zarrOutput"] = {"path": "s3://b/zarr"}
     with pytest.raises(SentinelBatchValidationError, match=r"zarrOutput needs a WGS84 or LAEA grid"):
@@ -95,7 +89,7 @@ def test_v1_zarr_on_utm_grid_rejected():
 
 
 def test_all_problems_reported_at_once():
-    payload = _mutate(_mutate(seed_payload(), "bucketName", KeyError), "processRequest.evalscript", KeyError)
+    payload = _mutate(_mutate(corsica_v1(), "bucketName", KeyError), "processRequest.evalscript", KeyError)
     with pytest.raises(SentinelBatchValidationError) as exc:
         validate_payload(payload, "v1")
     assert len(exc.value.problems) == 2

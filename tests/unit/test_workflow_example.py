@@ -1,4 +1,5 @@
-"""The seed document's calls, in its order, through the Hook (requests-mock), with its exact payload."""
+"""Sentinel Hub's Batch Processing workflow example (v1, Corsica max NDVI): its calls, in its order, through the
+Hook (requests-mock), with its exact payload."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import pytest
 
-from tests.seed import EVALSCRIPT, SEED_DOC, SEED_EVALSCRIPT_FLAT, seed_payload
+from tests.payloads import EVALSCRIPT, PUBLISHED_EVALSCRIPT_FLAT, PUBLISHED_EXAMPLES_COPY, corsica_v1
 
 from .conftest import GRIDS
 
@@ -18,19 +19,19 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-def test_evalscript_is_the_seed_one():
-    assert _squash(EVALSCRIPT) == _squash(SEED_EVALSCRIPT_FLAT)
-    if SEED_DOC.exists():  # the project's shared copy, when present beside the checkout
-        assert _squash(SEED_EVALSCRIPT_FLAT) in _squash(SEED_DOC.read_text())
+def test_evalscript_is_the_published_one():
+    assert _squash(EVALSCRIPT) == _squash(PUBLISHED_EVALSCRIPT_FLAT)
+    if PUBLISHED_EXAMPLES_COPY.exists():  # a copy of the published page, when present beside the checkout
+        assert _squash(PUBLISHED_EVALSCRIPT_FLAT) in _squash(PUBLISHED_EXAMPLES_COPY.read_text())
 
 
-def test_seed_calls_in_order(hook, requests_mock):
+def test_published_calls_in_order(hook, requests_mock):
     requests_mock.get("https://services.sentinel-hub.com/api/v1/batch/tilinggrids", json=GRIDS)
     created = {
         "id": RID,
         "status": "CREATED",
         "tileCount": 72,
-        "processRequest": seed_payload("my-bucket")["processRequest"],
+        "processRequest": corsica_v1("my-bucket")["processRequest"],
     }
     create = requests_mock.post(URL, status_code=201, json=created)
     listing = requests_mock.get(URL, json={"data": [created], "links": {}})
@@ -47,10 +48,10 @@ def test_seed_calls_in_order(hook, requests_mock):
     start = requests_mock.post(f"{URL}/{RID}/start", status_code=204)
     cancel = requests_mock.post(f"{URL}/{RID}/cancel", status_code=204)
 
-    # 1. create (exact seed payload)
-    batch_request_id = hook.create_request(seed_payload("my-bucket"))["id"]
+    # 1. create (the exact published payload)
+    batch_request_id = hook.create_request(corsica_v1("my-bucket"))["id"]
     assert batch_request_id == RID
-    assert create.last_request.json() == seed_payload("my-bucket")
+    assert create.last_request.json() == corsica_v1("my-bucket")
     assert create.last_request.headers["Content-Type"] == "application/json"
     # 2. all requests, 3. one request, 4. its status
     assert [r["id"] for r in hook.list_requests()] == [RID]
@@ -74,6 +75,6 @@ def test_seed_calls_in_order(hook, requests_mock):
 
 
 @pytest.mark.parametrize("bucket", ["<MyBucket>", "my-bucket"])
-def test_seed_payload_passes_local_validation(hook, requests_mock, bucket):
+def test_published_payload_passes_local_validation(hook, requests_mock, bucket):
     requests_mock.get("https://services.sentinel-hub.com/api/v1/batch/tilinggrids", json=GRIDS)
-    hook.validate_payload(seed_payload(bucket))
+    hook.validate_payload(corsica_v1(bucket))

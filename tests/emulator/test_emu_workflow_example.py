@@ -1,4 +1,5 @@
-"""The seed document's calls, verbatim, with requests-oauthlib against the emulator (only the host differs)."""
+"""Sentinel Hub's Batch Processing workflow example (v1, Corsica max NDVI), call by call as published, with
+requests-oauthlib against the emulator (only the host differs)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session
 
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
-from tests.emulator.helpers import CORSICA_EVALSCRIPT
+from tests.payloads import EVALSCRIPT, corsica_v1
 
 
-def test_seed_workflow_verbatim(emu: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_published_workflow_call_by_call(emu: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain http on loopback
     host = emu.base_url  # stands for https://services.sentinel-hub.com
 
@@ -21,31 +22,9 @@ def test_seed_workflow_verbatim(emu: EmulatorServer, monkeypatch: pytest.MonkeyP
 
     # Create a batch processing request
     url = f"{host}/api/v1/batch/process"
-    evalscript = CORSICA_EVALSCRIPT
-    payload = {
-        "processRequest": {
-            "input": {
-                "bounds": {
-                    "bbox": [8.44, 41.31, 9.66, 43.1],
-                    "properties": {"crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
-                },
-                "data": [
-                    {
-                        "dataFilter": {
-                            "timeRange": {"from": "2019-04-01T00:00:00Z", "to": "2019-06-30T00:00:00Z"},
-                            "maxCloudCoverage": 70.0,
-                        },
-                        "type": "S2L2A",
-                    }
-                ],
-            },
-            "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-            "evalscript": evalscript,
-        },
-        "tilingGrid": {"id": 0, "resolution": 60.0},
-        "bucketName": "<MyBucket>",
-        "description": "Max NDVI over Corsica",
-    }
+    payload = corsica_v1(
+        "<MyBucket>"
+    )  # the published body; its evalscript is dags_examples/include/max_ndvi.js
     headers = {"Content-Type": "application/json"}
     response = oauth.request("POST", url, headers=headers, json=payload)
     assert response.status_code == 201
@@ -100,12 +79,15 @@ def test_seed_workflow_verbatim(emu: EmulatorServer, monkeypatch: pytest.MonkeyP
     )
 
 
-def test_seed_evalscript_as_printed_is_accepted(emu: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The seed text lost its newlines; the payload is still a valid create (the JS is not executed)."""
+def test_evalscript_without_newlines_is_accepted(
+    emu: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The published page lost the evalscript's newlines; such a payload is still a valid create (the JS is not
+    executed)."""
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     oauth = OAuth2Session(client=BackendApplicationClient(client_id=emu.client_id))
     oauth.fetch_token(token_url=emu.token_url, client_secret=emu.client_secret, include_client_id=True)
-    flat = " ".join(line.strip() for line in CORSICA_EVALSCRIPT.splitlines())
+    flat = " ".join(line.strip() for line in EVALSCRIPT.splitlines())
     payload = {
         "processRequest": {
             "input": {"bounds": {"bbox": [8.44, 41.31, 9.66, 43.1]}, "data": [{"type": "S2L2A"}]},
