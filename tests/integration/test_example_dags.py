@@ -136,7 +136,7 @@ def test_demo_entry_point(tmp_path):
     (workdir / "emulator-data" / "stale").mkdir(parents=True)  # leftovers of an earlier run are cleared
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME"}
     env["AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT"] = "must-not-be-used"  # the demo never talks to your account
-    command = [sys.executable, "-m", "airflow_provider_sentinel_batch.demo", "--workdir", str(workdir)]
+    command = [sys.executable, str(ROOT / "tools" / "demo.py"), "--workdir", str(workdir)]
     command += ["--dag", "corsica_max_ndvi_v1", "--time-scale", "200", "--poll-interval", "0.5"]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

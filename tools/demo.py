@@ -1,6 +1,7 @@
 """The one-command demo: the Corsica max-NDVI job on real Airflow against the local emulator.
 
-``bash .ci/demo`` builds the environment and runs ``python -m airflow_provider_sentinel_batch.demo``, which:
+``bash .ci/demo`` builds the environment and runs ``python tools/demo.py`` (from a checkout: it needs
+``dags_examples/`` and the package with its ``emulator`` extra), which:
 starts the emulator on 127.0.0.1 (free port, fast clock, outputs under ``.demo/emulator-data``), prepares a
 project-local ``AIRFLOW_HOME`` (``.demo/airflow-home``, SQLite), runs ``airflow dags test`` for each example DAG
 (real deferral: the trigger runs inline), prints each step's progress and a summary per job, stops the emulator
@@ -52,7 +53,7 @@ def _say(text: str = "") -> None:
 
 
 def _default_dags_folder() -> Path:
-    return Path(__file__).resolve().parents[1] / "dags_examples"
+    return Path(__file__).resolve().parents[1] / "dags_examples"  # tools/ sits beside dags_examples/
 
 
 def _airflow_env(home: Path, dags_folder: Path, conn_json: str, args: argparse.Namespace) -> dict[str, str]:
@@ -212,7 +213,7 @@ def _start_s3(bucket: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_sentinel_batch.demo",
+        prog="python tools/demo.py",
         description="Run the example DAGs end to end on real Airflow against the local Batch API emulator.",
     )
     parser.add_argument("--workdir", type=Path, default=Path(".demo"), help="demo state (default: .demo)")
