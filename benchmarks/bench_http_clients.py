@@ -1,4 +1,4 @@
-"""Issue 5: which HTTP library for the async client, by measurement: httpx vs aiohttp for status polls.
+"""Which HTTP library for the async client, by measurement: httpx vs aiohttp for status polls.
 
 N pollers in one event loop poll their own emulator job every ``interval`` seconds for ``rounds + 1`` polls
 (start times spread over the first interval, as triggers arrive), with a pre-fetched token, through:

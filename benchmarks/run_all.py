@@ -1,4 +1,4 @@
-"""Run every benchmark of issue 8 (plus the HTTP-library measurement of issue 5) and write the tables.
+"""Run every benchmark (triggerer scale, polls, parse cost, hook, emulator, HTTP library) and write the tables.
 
 Use ``bash benchmarks/run_all.sh`` (it prepares the two venvs exactly as ``.ci/test`` does). Each part runs
 in fresh processes against a fresh emulator process on 127.0.0.1; the raw results go to
@@ -81,7 +81,7 @@ def run_parts(args: argparse.Namespace) -> dict[str, Any]:
         cmd = _py("bench_hook.py", "--blocks", "6" if args.quick else "10")
         _guarded(results, "hook", lambda: results.update(hook=with_emulator("hook", cmd)))
     if "http" in only:
-        log("issue 5: httpx vs aiohttp")
+        log("6. HTTP library: httpx vs aiohttp")
         if Path(args.python2).exists():
             sizes = ["100"] if args.quick else ["100", "1000"]
             cmd = _py("bench_http_clients.py", "--n", *sizes, python=args.python2)
@@ -386,7 +386,7 @@ def render(data: dict[str, Any]) -> str:
     http = data.get("http")
     if http:
         out.append(
-            f"\n#### Issue 5: httpx {http['versions']['httpx']} vs aiohttp {http['versions']['aiohttp']} "
+            f"\n#### HTTP library: httpx {http['versions']['httpx']} vs aiohttp {http['versions']['aiohttp']} "
             f"(Python {http.get('python', '?')}, shared client, pre-fetched token)\n"
         )
         out.append(

@@ -38,7 +38,7 @@ CANONICAL_TYPES = frozenset(
         "dem",
     }
 )
-#: Older spellings still found in docs and the seed example (``"type": "S2L2A"``).
+#: Older spellings still found in docs, e.g. Sentinel Hub's Batch workflow example (``"type": "S2L2A"``).
 LEGACY_TYPES = {
     "S2L1C": "sentinel-2-l1c",
     "S2L2A": "sentinel-2-l2a",

@@ -102,7 +102,7 @@ def test_clock_and_account_endpoints(api: Api, emu: EmulatorServer) -> None:
 
 
 def test_default_time_scale_runs_corsica_in_20_to_30_seconds(api: Api, emu: EmulatorServer) -> None:
-    """The CLI default: the seed's Corsica job goes from START to DONE in ~25 s of wall-clock time."""
+    """The CLI default: the Corsica job (v1, grid 0, 60 m) goes from START to DONE in ~25 s of wall-clock time."""
     freeze(emu)
     jid = api.create(1, v1_payload(CORSICA_BBOX))["id"]
     api.action(1, jid, "start")

@@ -58,7 +58,7 @@ def test_corsica_v1(dag_runner, server):
     assert summary["tiles"] == {"PROCESSED": report["tile_count"]}
     assert summary["output_location"] == f"s3://sentinel-batch-demo/{request_id}/"
     assert len(files_under(server.data_dir, summary["output_location"])) == report["tile_count"]
-    # the seed's exact request: its evalscript byte for byte, its description, one job
+    # the published Corsica request: its evalscript byte for byte, its description, one job
     request = SentinelBatchHook(api_version="v1").get_request(request_id)
     assert request["processRequest"]["evalscript"] == EVALSCRIPT
     assert request["description"].startswith("Max NDVI over Corsica [airflow-")

@@ -1,4 +1,5 @@
-"""The Hook and the async client over real HTTP against the emulator: the seed workflow, v2, faults."""
+"""The Hook and the async client over real HTTP against the emulator: Sentinel Hub's Batch
+workflow example (v1, Corsica), v2, faults."""
 
 from __future__ import annotations
 

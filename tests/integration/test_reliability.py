@@ -1,4 +1,4 @@
-"""Fault matrix (issue 7): the Corsica example DAGs (v1 and v2) on real Airflow against a misbehaving emulator.
+"""Fault matrix: the Corsica example DAGs (v1 and v2) on real Airflow against a misbehaving emulator.
 
 Every recoverable fault must end with the job DONE, the DAG run successful, exactly one job created and a
 bounded number of extra API calls; every unrecoverable one must end in a clear, specific failure (the exact

@@ -1,4 +1,4 @@
-"""Secrets (issue 7): run the Corsica example DAGs with canary credentials and look for them everywhere.
+"""Secrets: run the Corsica example DAGs with canary credentials and look for them everywhere.
 
 The client secret, the bucket secret key and every access token the emulator issued during the run must not
 appear in: task and trigger logs (the harness's capture, pytest's log capture, stdout/stderr), every file under

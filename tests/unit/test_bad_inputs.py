@@ -1,4 +1,4 @@
-"""Bad inputs (issue 7): each mistake ends in one specific error whose full text is asserted here.
+"""Bad inputs: each mistake ends in one specific error whose full text is asserted here.
 
 Local checks (``validation.py``) run before any call that could cost processing units; what only the service
 knows (data collection types, its own validation) comes back verbatim through the hook's error. The table in

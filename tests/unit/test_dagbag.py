@@ -1,6 +1,6 @@
 """The example DAGs parse cleanly on Airflow 2.11 and 3.x, cheaply, and say what the docs say they do.
 
-They are what users copy first, so besides "no import errors" this pins the parts that matter: the seed's exact
+They are what users copy first, so besides "no import errors" this pins the parts that matter: the published
 Corsica payload and evalscript, no network or metadata DB at parse time, portable imports only, bucket keys never
 in DAG literals, and the task graphs documented in each DAG's docstring.
 """
