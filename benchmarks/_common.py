@@ -45,6 +45,10 @@ class Emulator(EmulatorProcess):
     def conn_json(self) -> str:
         return self.airflow_conn
 
+    def control(self, method: str, path: str, body: Any = None, timeout: float = 300.0) -> Any:
+        """One ``/_emulator`` call; bulk job creation can take minutes, hence the long default timeout."""
+        return super().control(method, path, body, timeout)
+
     @property
     def client_id(self) -> str:
         return str(self.conn()["login"])
