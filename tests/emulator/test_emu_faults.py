@@ -134,10 +134,10 @@ def test_faults_via_control_plane(api: Api, emu: EmulatorServer) -> None:
 def test_create_delay_holds_the_job_back_until_the_answer(api: Api, emu: EmulatorServer) -> None:
     import threading
 
-    from tests.seed import seed_payload
+    from tests.payloads import corsica_v1
 
     emu.set_faults(create_delay_ms=400)
-    payload = seed_payload("bucket")
+    payload = corsica_v1("bucket")
     answers: list[int] = []
     creating = threading.Thread(
         target=lambda: answers.append(api.post("/api/v1/batch/process", json=payload).status_code)

@@ -23,7 +23,7 @@ import pytest
 
 from airflow_provider_sentinel_batch.emulator import EmulatorConfig, EmulatorServer
 from airflow_provider_sentinel_batch.emulator.s3server import S3Keys, S3Server
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1, corsica_v2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -67,12 +67,7 @@ def use(monkeypatch: pytest.MonkeyPatch, emu: EmulatorServer, version: str) -> N
 
 
 def payload(version: str, bucket: str) -> dict[str, Any]:
-    body = seed_payload(bucket)
-    if version == "v2":
-        del body["tilingGrid"], body["bucketName"]
-        body["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-        body["output"] = {"type": "raster", "delivery": {"s3": {"url": f"s3://{bucket}/ndvi"}}}
-    return body
+    return corsica_v1(bucket) if version == "v1" else corsica_v2(f"s3://{bucket}/ndvi")
 
 
 def dag_source(dag_id: str, version: str, bucket: str, create: str = "", wait: str = "") -> str:

@@ -192,7 +192,7 @@ def test_no_credentials_in_dag_files(dag_file):
         assert word not in text, f"{dag_file.name} contains {word!r}: credentials belong in connections"
 
 
-def test_corsica_v1_payload_is_the_seed_payload(dagbag):
+def test_corsica_v1_payload_is_the_published_payload(dagbag):
     create = dagbag.dags["corsica_max_ndvi_v1"].get_task("create")
     expected = corsica_v1(bucket=create.payload["bucketName"])
     del expected["processRequest"]["evalscript"]  # sent from the .js file through ``evalscript``

@@ -21,7 +21,7 @@ from airflow_provider_sentinel_batch.identity import (
     decide,
     payload_fingerprint,
 )
-from tests.seed import seed_payload
+from tests.payloads import corsica_v1
 
 TAG = "airflow-0123456789abcdef"
 OTHER_TAG = "airflow-fedcba9876543210"
@@ -48,9 +48,9 @@ def job(jid, status="CREATED", created="2026-01-01T10:00:00.000Z", fingerprint="
 
 # ---------------------------------------------------------------------------------------------- fingerprint
 def test_fingerprint_is_short_hex_and_stable():
-    fp = payload_fingerprint(seed_payload())
+    fp = payload_fingerprint(corsica_v1())
     assert len(fp) == 12 and int(fp, 16) >= 0
-    assert payload_fingerprint(copy.deepcopy(seed_payload())) == fp
+    assert payload_fingerprint(copy.deepcopy(corsica_v1())) == fp
 
 
 @pytest.mark.parametrize(
@@ -70,14 +70,14 @@ def test_fingerprint_is_short_hex_and_stable():
     ids=["evalscript", "time-range", "bbox", "bucket", "resolution", "output-format"],
 )
 def test_what_is_computed_or_where_it_goes_changes_the_fingerprint(change):
-    changed = seed_payload()
+    changed = corsica_v1()
     change(changed)
-    assert payload_fingerprint(changed) != payload_fingerprint(seed_payload())
+    assert payload_fingerprint(changed) != payload_fingerprint(corsica_v1())
 
 
 def test_description_key_order_and_float_spelling_do_not_change_the_fingerprint():
-    a = seed_payload()
-    b = dict(reversed(list(seed_payload().items())))  # other key order
+    a = corsica_v1()
+    b = dict(reversed(list(corsica_v1().items())))  # other key order
     b["description"] = "renamed"
     b["tilingGrid"] = {"resolution": 60, "id": 0}  # 60 == 60.0 (a template may render either)
     assert payload_fingerprint(a) == payload_fingerprint(b)
@@ -116,7 +116,7 @@ def test_credential_free_copies_and_leaves_the_input_alone():
 
 # ---------------------------------------------------------------------------------------------- labels
 def test_label_round_trip_and_search_token():
-    fp = payload_fingerprint(seed_payload())
+    fp = payload_fingerprint(corsica_v1())
     text = identity.labelled_description("Max NDVI over Corsica", TAG, fp)
     assert text == f"Max NDVI over Corsica [{TAG} payload-{fp}]"
     assert TAG in text  # the list search finds it by the tag alone
@@ -357,13 +357,13 @@ def test_an_older_done_job_of_the_same_payload_wins_over_a_fresh_one():
 
 # ---------------------------------------------------------------------------------------------- changed fields
 def test_changed_fields_names_top_level_and_second_level_fields():
-    old = seed_payload()
-    new = seed_payload()
+    old = corsica_v1()
+    new = corsica_v1()
     new["processRequest"]["evalscript"] += "\n// fixed"
     new["tilingGrid"]["resolution"] = 20.0
     service_v1 = {"id": "r", "status": "DONE", "tileCount": 3, "created": "…", **old}
     assert changed_fields("v1", service_v1, new) == ["processRequest.evalscript", "tilingGrid.resolution"]
-    new2 = seed_payload()
+    new2 = corsica_v1()
     new2["bucketName"] = "b2"
     assert changed_fields("v1", service_v1, new2) == ["bucketName"]
 
@@ -378,9 +378,9 @@ def test_changed_fields_v2_ignores_service_defaults_and_credentials():
 
 
 def test_a_removed_field_is_named():
-    old = seed_payload()
+    old = corsica_v1()
     old["zarrOutput"] = {"path": "s3://b/z"}
-    assert changed_fields("v1", {"id": "r", **old}, seed_payload()) == ["zarrOutput"]
+    assert changed_fields("v1", {"id": "r", **old}, corsica_v1()) == ["zarrOutput"]
 
 
 # ---------------------------------------------------------------------------------------------- TaskJobs
@@ -433,7 +433,7 @@ class FakeHook:
         self.calls.append(("stop", request_id))
 
 
-PAYLOAD = seed_payload()
+PAYLOAD = corsica_v1()
 PFP = payload_fingerprint(PAYLOAD)
 
 
@@ -485,7 +485,7 @@ def test_store_pointing_at_a_deleted_job_falls_back_to_the_search():
 
 
 def test_store_with_another_fingerprint_skips_the_get_and_logs_the_superseded_job(caplog):
-    old = seed_payload()
+    old = corsica_v1()
     old["processRequest"]["evalscript"] = "//VERSION=3 old"
     old_fp = payload_fingerprint(old)
     hook = FakeHook(
