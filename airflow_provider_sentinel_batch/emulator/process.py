@@ -84,8 +84,8 @@ class EmulatorProcess:
             *(["--data-dir", str(data_dir)] if data_dir is not None else []),
             *args,
         ]
-        self.env = env
-        self.cwd = cwd
+        self._env = env
+        self._cwd = cwd
         self.log_path = Path(log_path) if log_path is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
@@ -124,8 +124,8 @@ class EmulatorProcess:
         try:
             self.proc = subprocess.Popen(
                 self.argv,
-                env=self.env,
-                cwd=self.cwd,
+                env=self._env,
+                cwd=self._cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
