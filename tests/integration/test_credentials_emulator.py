@@ -62,12 +62,12 @@ with DAG("{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=Fal
 
 
 def test_wrong_secret_fails_the_task_without_airflow_retries(dag_runner, sentinel_batch_emulator):
-    from tests.seed import seed_payload
+    from tests.payloads import corsica_v1
 
     conn = json.loads(sentinel_batch_emulator.airflow_conn_json("v1"))
     conn["password"] = WRONG
     dag_id = "wrong_secret_no_retry"
-    source = FAIL_FAST_DAG.format(dag_id=dag_id, payload=repr(seed_payload("my-bucket")))
+    source = FAIL_FAST_DAG.format(dag_id=dag_id, payload=repr(corsica_v1("my-bucket")))
     result = dag_runner(
         source, dag_id, env={"AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT": json.dumps(conn)}, disable_retries=False
     )

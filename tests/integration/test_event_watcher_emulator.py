@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 from tests.emulator.stat_helpers import OUTPUT_URL, stat_payload, write_parcels
+from tests.payloads import SMALL_BBOX, corsica_v2
 
 if version("apache-airflow").startswith("2."):
     pytest.skip("asset watchers (BaseEventTrigger) exist from Airflow 3 on", allow_module_level=True)
@@ -20,29 +21,17 @@ if version("apache-airflow").startswith("2."):
 from airflow_provider_sentinel_batch.triggers.events import SentinelBatchEventTrigger
 
 MARKER = "[watched]"
-EVALSCRIPT = """//VERSION=3
-function setup() { return {input: [{bands: ["B04", "B08"]}], output: [{id: "default", bands: 1}]} }
-function evaluatePixel(s) { return [(s.B08 - s.B04) / (s.B08 + s.B04)] }
-"""
 
 
 def v2_payload(description: str) -> dict[str, Any]:
-    return {
-        "processRequest": {
-            "input": {
-                "bounds": {
-                    "bbox": [9.0, 42.0, 9.1, 42.1],
-                    "properties": {"crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
-                },
-                "data": [{"type": "sentinel-2-l2a"}],
-            },
-            "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-            "evalscript": EVALSCRIPT,
-        },
-        "input": {"type": "tiling-grid", "id": 0, "resolution": 60.0},
-        "output": {"type": "raster", "delivery": {"s3": {"url": "s3://watched/<requestId>/<tileName>"}}},
-        "description": description,
-    }
+    """A quick v2 job (1-4 tiles) delivering under ``s3://watched/``."""
+    return corsica_v2(
+        "s3://watched/<requestId>/<tileName>",
+        description=description,
+        bbox=SMALL_BBOX,
+        data_type="sentinel-2-l2a",
+        max_cloud_coverage=None,
+    )
 
 
 class Collector:
