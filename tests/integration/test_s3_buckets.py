@@ -346,13 +346,7 @@ def _buckets(s3_server: S3Server) -> set[str]:
 def test_demo_s3_flag_shows_the_v2_manifest_read_over_s3(tmp_path):
     """``bash .ci/demo --s3`` on this Airflow line: its own S3 server, delivery into it, manifest read back."""
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_HOME"}
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_provider_sentinel_batch.demo",
-        "--workdir",
-        str(tmp_path / "demo"),
-    ]
+    command = [sys.executable, str(ROOT / "tools" / "demo.py"), "--workdir", str(tmp_path / "demo")]
     command += ["--s3", "--dag", "corsica_max_ndvi_v2", "--time-scale", "200", "--poll-interval", "0.5"]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
