@@ -38,9 +38,12 @@ class BucketReader:
             ) from None
 
     def exists(self, url: str) -> bool:
-        """Whether the object is there."""
+        """Whether the object is there (a refusal raises ``PermissionError`` with the store's reason)."""
         fs, path = self._fs(url)
-        return bool(fs.exists(path))
+        try:
+            return bool(fs.exists(path))
+        except PermissionError as exc:
+            raise PermissionError(self._refused(fs, path, url, exc)) from None
 
     @contextlib.contextmanager
     def local_copy(self, url: str) -> Iterator[str]:
@@ -51,8 +54,38 @@ class BucketReader:
         fs, path = self._fs(url)
         with tempfile.TemporaryDirectory(prefix="sentinel-batch-results-") as tmp:
             local = os.path.join(tmp, os.path.basename(path.rstrip("/")) or "object")
-            fs.get_file(path, local)
+            try:
+                fs.get_file(path, local)
+            except PermissionError as exc:
+                raise PermissionError(self._refused(fs, path, url, exc)) from None
             yield local
+
+    def missing_bucket(self, url: str) -> str | None:
+        """The bucket of an ``s3://`` URL read directly (no mirror) when the store says it is not there."""
+        if self.results_url or not url.startswith("s3://"):
+            return None
+        fs, path = self._fs(url)
+        bucket = path.split("/", 1)[0]
+        try:
+            return None if fs.exists(bucket) else bucket
+        except Exception:
+            return None
+
+    def _refused(self, fs: Any, path: str, url: str, exc: Exception) -> str:
+        """Why the store refused. A HEAD answer has no body (s3fs says just "Forbidden"): list the folder once to
+        get the store's own reason (unknown access key, wrong secret, no permission) and quote it, never a key."""
+        reason = str(exc) or type(exc).__name__
+        try:
+            fs.ls(path.rsplit("/", 1)[0], refresh=True)
+        except Exception as listing:
+            reason = str(listing) or reason
+        secret = self.storage_options.get("secret")
+        if secret:
+            reason = reason.replace(str(secret), "***")
+        return (
+            f"access to {self.resolve(url)} refused: {reason} (check the access key, secret and endpoint_url of the "
+            "results connection, and that it may read the bucket)"
+        )
 
 
 def storage_options_from_connection(conn: Any) -> dict[str, Any]:

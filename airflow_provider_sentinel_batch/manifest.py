@@ -114,7 +114,9 @@ def v2_manifest(
     root = next((r for r in candidate_roots(layout) if reader.exists(r + execution_name)), None)
     if root is None:
         tried = ", ".join(reader.resolve(r + execution_name) for r in candidate_roots(layout))
-        raise FileNotFoundError(f"execution database of {request_id} not found (looked at {tried})")
+        gone = reader.missing_bucket(layout.location or layout.template)
+        why = f": bucket {gone} does not exist (or these keys cannot see it)" if gone else ""
+        raise FileNotFoundError(f"execution database of {request_id} not found (looked at {tried}){why}")
     with reader.local_copy(root + execution_name) as path:
         rows = read_execution_db(path)
     paths: dict[str, list[str]] = {}

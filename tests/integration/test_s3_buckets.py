@@ -186,6 +186,24 @@ def test_wrong_delivery_keys_fail_the_create_without_the_secret(
     assert_no_secrets(result, wrong.secret_key)
 
 
+def test_wrong_results_keys_fail_the_wait_clearly_without_the_secret(
+    dag_runner, emu, s3_server, s3_bucket, monkeypatch
+):
+    use(monkeypatch, emu, "v2")
+    wrong = S3Keys(s3_server.reader_keys.access_key, "canary-wrong-results-secret-9b7c")
+    monkeypatch.setenv("AIRFLOW_CONN_S3_RESULTS", json.dumps(s3_server.airflow_conn(wrong)))
+    wait = f"{RESULTS}, result_manifest=True"
+    result = dag_runner(dag_source("s3_wrong_results", "v2", s3_bucket, DELIVERY, wait), "s3_wrong_results")
+    assert result.task_states["create"] == "success" and result.task_states["wait"] == "failed", (
+        result.describe()
+    )
+    log = result.log("wait")
+    assert "result manifest could not be read: access to s3://" in log
+    # the S3 server's own reason, quoted (a HEAD answer alone only says "Forbidden")
+    assert "The request signature we calculated does not match the signature you provided." in log
+    assert_no_secrets(result, wrong.secret_key, s3_server.writer_keys.secret_key)
+
+
 def test_missing_bucket_fails_the_create_on_both_versions(dag_runner, emu, s3_server, monkeypatch):
     missing = "no-such-bucket-c0ffee"
     for version in ("v2", "v1"):
@@ -236,7 +254,8 @@ def test_bucket_gone_before_the_read_fails_the_wait_clearly(emu, s3_server, s3_b
     with pytest.raises(SentinelBatchJobError) as caught:
         wait.poke({"ti": _FakeTI(), "run_id": "manual__s3_gone"})
     message = str(caught.value)
-    assert "result manifest could not be read" in message and s3_bucket in message
+    assert "result manifest could not be read" in message
+    assert f": bucket {s3_bucket} does not exist (or these keys cannot see it)" in message
     assert s3_server.reader_keys.secret_key not in message
 
 
