@@ -162,6 +162,7 @@ def next_delay(
     max_poll_interval: float | None = None,
     now: float | None = None,
     elapsed: float | None = None,
+    looks: int | None = None,
 ) -> float:
     """Seconds until the next look.
 
@@ -177,7 +178,24 @@ def next_delay(
       ``poll_interval``, once aimed just after the predicted end. ``now`` counts the time already spent since
       the latest change. A job later than predicted is looked at every ``poll_interval`` (as a fixed-interval
       poller would), one at 100 % (final status pending) every ``analysis_poll_interval``.
+
+    With ``elapsed`` and ``looks`` (how many looks the wait has made so far, the first one at ``elapsed`` 0)
+    the wait never costs more than a fixed-interval poller started at the same moment, nor detects the end
+    later (unless the job finishes well before the rate of its progress predicted): the next look is never
+    before ``looks * poll_interval`` (so at any moment there have been no more looks than the fixed poller's)
+    and never after the fixed poller's next look, except while stretching towards a finish far away. Looks
+    saved by stretching are spent on a look aimed just after the predicted end or at 100 %.
     """
+    if elapsed is not None and looks is not None:
+        raw = next_delay(
+            status,
+            poll_interval=poll_interval,
+            analysis_poll_interval=analysis_poll_interval,
+            progress=progress,
+            max_poll_interval=max_poll_interval,
+            now=now,
+        )
+        return _on_budget(raw, status, poll_interval=poll_interval, elapsed=elapsed, looks=looks)
     if status is None or status in ANALYSIS_PHASE:
         if elapsed is None:
             return analysis_poll_interval
@@ -185,9 +203,16 @@ def next_delay(
     limit = max_poll_interval if max_poll_interval is not None else poll_interval * 10
     if not progress or len(progress) < 2:
         return poll_interval
+    fastest = 0.0
     if len(progress) >= 4:
-        (a0, _), (b0, p0), (a1, before), (b1, p1) = progress[0], progress[1], progress[-2], progress[-1]
+        (a0, q0), (b0, p0), (a1, before), (b1, p1) = progress[0], progress[1], progress[-2], progress[-1]
         first, latest, uncertainty, jump = (a0 + b0) / 2, (a1 + b1) / 2, (b1 - a1) / 2, p1 - before
+        if p1 < 100.0 and a1 <= b0:
+            return (
+                poll_interval  # the first and the latest change fall in adjacent gaps: no rate to trust yet
+            )
+        # the fastest pace the looks allow: everything from q0 to p1 moved after b0 at the latest and before a1
+        fastest = (p1 - q0) / (a1 - b0) if a1 > b0 else 0.0
     else:
         (first, p0), (latest, p1), uncertainty, jump = progress[0], progress[-1], 0.0, 0.0
     if latest <= first or p1 <= p0:
@@ -200,15 +225,31 @@ def next_delay(
     rate = (p1 - p0) / (latest - first)
     if jump > 0 and uncertainty > 0:
         rate = max(rate, jump / (2 * uncertainty))  # speeding up (the last tiles): trust the recent rate
-    remaining = (100.0 - p1) / rate - (max(0.0, now - latest) if now is not None else 0.0)
+    since = max(0.0, now - latest) if now is not None else 0.0
+    remaining = (100.0 - p1) / rate - since
     if remaining <= 0:
         return poll_interval  # later than predicted: look as often as a fixed-interval poller would
     earliest = 0.9 * remaining - uncertainty  # the rate may be off, and the change time is not exact
+    if fastest > rate:
+        # never sleep past the finish at the fastest pace the looks allow (a coarse look hides fast steps)
+        earliest = min(earliest, 0.9 * ((100.0 - p1) / fastest - since - uncertainty))
     if earliest > 2 * poll_interval:
         # far from the finish: sleep until shortly before it could be over (re-measured at every look)
         return min(limit, max(poll_interval, earliest - poll_interval))
     # close to the finish: look a little after the predicted end, and no later than usual
     return max(min(poll_interval, remaining + 0.05 * poll_interval), analysis_poll_interval)
+
+
+def _on_budget(raw: float, status: str | None, *, poll_interval: float, elapsed: float, looks: int) -> float:
+    """``raw`` (a delay from now) moved so the looks stay within those of a fixed ``poll_interval`` poller."""
+    if poll_interval <= 0:
+        return raw
+    earliest = looks * poll_interval  # the fixed poller has made ``looks + 1`` looks by then
+    next_fixed = (int(elapsed // poll_interval) + 1) * poll_interval  # its next look after now
+    wanted = elapsed + raw
+    stretching = status == Status.PROCESSING and raw > poll_interval
+    at = max(earliest, wanted if stretching else min(wanted, next_fixed))
+    return max(0.0, at - elapsed)
 
 
 def stop_action(api_version: str) -> str:
@@ -294,11 +335,14 @@ class Watch:
     stale_status: str | None = None
     stale_until: float | None = None
     # what the looks so far have shown
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=lambda: time.time())  # looked up per call: a clock can be swapped
     last_status: str | None = None
     # (time, completionPercentage) of the looks just before and at the first and the latest change
     progress: list[tuple[float, float]] = field(default_factory=list)
     last_sample: tuple[float, float] | None = None
+    # how many looks so far, and when the first one was (the fixed poller the wait is held to starts then)
+    looks: int = 0
+    first_look: float | None = None
 
     def trigger_kwargs(self) -> dict[str, Any]:
         """What a trigger needs to go on with this wait elsewhere (primitives only; see :data:`TRIGGER_FIELDS`)."""
@@ -315,6 +359,9 @@ class Watch:
     def look(self, request: dict[str, Any], now: float | None = None) -> Look:
         """Judge one answer of ``GET`` the request; remembers its status and progress."""
         now = time.time() if now is None else now
+        self.looks += 1
+        if self.first_look is None:
+            self.first_look = now
         status = request.get("status")
         changed = status != self.last_status
         if changed:
@@ -347,8 +394,9 @@ class Watch:
                 progress=self.progress if len(self.progress) >= 4 else None,  # a rate needs two changes
                 max_poll_interval=self.max_poll_interval,
                 now=now,
-                # waiting for DONE, the analysis is only a preamble: look less often the longer it takes
-                elapsed=now - self.started if self.wait_for == Status.DONE else None,
+                # waiting for DONE, the analysis is only a preamble: never more looks than a fixed poller
+                elapsed=now - (self.first_look or self.started) if self.wait_for == Status.DONE else None,
+                looks=max(1, self.looks) if self.wait_for == Status.DONE else None,
             )
         else:
             delay = next_delay(

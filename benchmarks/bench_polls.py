@@ -5,6 +5,9 @@ Pure computation, no sockets and no sleeping: the real ``SentinelBatchTrigger.ru
 (``EmulatorState``, v2, the Corsica request: 72 tiles on 8 workers) through a fake client, and every
 ``asyncio.sleep``/``time.time`` of the trigger moves a virtual clock that is also the emulator's clock.
 
+Every policy's jobs are also compared job by job with fixed 60 s on the same job: how many made more calls, how
+many saw DONE later.
+
 Policies: fixed 60 s; fixed 120 s (sentinelhub-py's ``monitor_batch_process_job`` default ``sleep_time``);
 and ours (the trigger's defaults: 10 s while CREATED/ANALYSING/ANALYSIS_DONE, 60 s while PROCESSING,
 stretched towards the predicted finish from ``completionPercentage``, at most 600 s). Job profiles differ by
@@ -32,6 +35,7 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 from _common import CORSICA_BBOX, emit, v2_payload
 
+from airflow_provider_sentinel_batch import waiting as waiting_module
 from airflow_provider_sentinel_batch.emulator.config import EmulatorConfig
 from airflow_provider_sentinel_batch.emulator.state import EmulatorState
 from airflow_provider_sentinel_batch.emulator.validation import validate_v2
@@ -114,14 +118,15 @@ def run_one(
     async def settings(conn_id: str) -> Any:
         return None
 
-    saved = (trigger_module.asyncio, trigger_module.time, async_client.settings_for_conn_id)
+    saved = (trigger_module.asyncio, async_client.settings_for_conn_id, waiting_module.time)
     trigger_module.asyncio = types.SimpleNamespace(sleep=world.sleep)  # type: ignore[assignment]
-    trigger_module.time = types.SimpleNamespace(time=world.now)  # type: ignore[assignment]
+    # the watch (waiting.py) reads the clock: every look and every delay is on the virtual clock
+    waiting_module.time = types.SimpleNamespace(time=world.now)  # type: ignore[assignment]
     async_client.settings_for_conn_id = settings  # type: ignore[assignment]
     try:
         event = asyncio.run(_first_event(trigger))
     finally:
-        trigger_module.asyncio, trigger_module.time, async_client.settings_for_conn_id = saved
+        trigger_module.asyncio, async_client.settings_for_conn_id, waiting_module.time = saved
     job = world.state.jobs[job_id]
     if event.get("outcome") != "success" or job.status != "DONE":
         raise RuntimeError(f"unexpected end: {event} / {job.status}")
@@ -152,13 +157,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-polls-") as data_dir:
         for profile, shape in PROFILES.items():
             jobs = [(rng.randrange(1 << 30), rng.uniform(0, 10)) for _ in range(args.jobs)]
+            fixed: list[dict[str, float]] = []
             for name, policy in POLICIES.items():
                 results = [
                     run_one(plan, payload, data_dir, seed, shape, offset, policy) for seed, offset in jobs
                 ]
+                if name == "fixed 60 s":
+                    fixed = results
                 delays = [r["delay_s"] for r in results]
+                pairs = list(zip(results, fixed, strict=True))
                 rows.append(
                     {
+                        # the rule, job by job against fixed 60 s on the same job: never more calls, never later
+                        "jobs_more_calls_than_fixed60": sum(r["calls"] > f["calls"] for r, f in pairs),
+                        "jobs_later_than_fixed60": sum(r["delay_s"] > f["delay_s"] + 1e-6 for r, f in pairs),
                         "profile": profile,
                         "policy": name,
                         "jobs": len(results),

@@ -260,6 +260,7 @@ def render(data: dict[str, Any]) -> str:
                     _f(r["delay_mean_s"], 1),
                     _f(r["delay_p95_s"], 1),
                     _f(r["delay_max_s"], 1),
+                    f"{r['jobs_more_calls_than_fixed60']} / {r['jobs_later_than_fixed60']}",
                 ]
             )
         out.append(
@@ -273,6 +274,7 @@ def render(data: dict[str, Any]) -> str:
                     "detection delay mean s",
                     "p95 s",
                     "max s",
+                    "jobs with more calls / later detection than fixed 60 s on the same job",
                 ],
                 rows,
             )

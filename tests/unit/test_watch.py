@@ -57,7 +57,13 @@ def test_progress_samples_feed_the_adaptive_delay_and_reset_on_a_status_change()
         w.look({"id": RID, "status": "PROCESSING", "userAction": "START", "completionPercentage": pct}, now=t)
     assert len(w.progress) == 4
     assert w.delay(now=240) == next_delay(
-        "PROCESSING", poll_interval=60, analysis_poll_interval=10, progress=w.progress, now=240, elapsed=240
+        "PROCESSING",
+        poll_interval=60,
+        analysis_poll_interval=10,
+        progress=w.progress,
+        now=240,
+        elapsed=240,
+        looks=5,
     )
     assert w.delay(now=240) > 60  # far from the end: sleeps longer than the fixed interval
     w.look({"id": RID, "status": "DONE"}, now=300)
@@ -154,12 +160,21 @@ def test_decision_the_worker_appends_the_stop_note_like_the_trigger():
     )
 
 
-@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize(
+    ("adaptive", "wait_for", "analysis_delay"),
+    [(False, "DONE", 10), (False, "ANALYSIS_DONE", 10), (True, "ANALYSIS_DONE", 10), (True, "DONE", 60)],
+)
 @pytest.mark.parametrize("status", ["CREATED", "ANALYSING", "ANALYSIS_DONE"])
-def test_decision_analysis_done_is_polled_at_the_analysis_interval(status, adaptive):
-    """Decision 3: ANALYSIS_DONE is before processing in every mode (the fixed-interval trigger used poll_interval)."""
-    w = watch(adaptive=adaptive, poll_interval=60, analysis_poll_interval=10, started=0.0)
+def test_decision_analysis_done_is_polled_at_the_analysis_interval(
+    status, adaptive, wait_for, analysis_delay
+):
+    """Decision 3: ANALYSIS_DONE is before processing in every mode (the fixed-interval trigger used poll_interval).
+
+    An adaptive wait for DONE is held to a fixed ``poll_interval`` poller's looks: the analysis is only its preamble.
+    """
+    w = watch(adaptive=adaptive, wait_for=wait_for, poll_interval=60, analysis_poll_interval=10, started=0.0)
     w.look({"id": RID, "status": status, "userAction": "START"}, now=0.0)
-    assert w.delay(now=0.0) == 10
-    w.look({"id": RID, "status": "PROCESSING", "userAction": "START"}, now=1.0)
-    assert w.delay(now=1.0) == 60
+    assert w.delay(now=0.0) == analysis_delay
+    if wait_for == "DONE":
+        w.look({"id": RID, "status": "PROCESSING", "userAction": "START"}, now=60.0)
+        assert w.delay(now=60.0) == 60
