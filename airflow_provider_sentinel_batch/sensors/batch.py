@@ -33,8 +33,10 @@ class SentinelBatchSensor(WaitsForBatch, BaseSensorOperator):
     Fails fast on FAILED / CANCELED (v1) or FAILED / STOPPED (v2) quoting the service's ``error`` and
     ``stoppedStatusReason``; fails clearly when waiting for DONE on a job nobody started. v1 PARTIAL follows
     ``partial_policy`` (``fail``, ``succeed_with_warning``, ``restart`` up to ``max_partial_restarts``).
-    Deferrable mode checks once, then waits on the triggerer with status-aware intervals (``analysis_poll_interval``
-    while analysing, ``poll_interval`` while processing). ``timeout`` is enforced by the trigger on the wall
+    Deferrable mode checks once, then waits on the triggerer with status-aware intervals: waiting for
+    ``ANALYSIS_DONE``, ``analysis_poll_interval``; waiting for ``DONE``, never more looks than a fixed
+    ``poll_interval`` poller nor a later look at the end, with fewer looks on long jobs (stretched from the rate of
+    ``completionPercentage``, up to ``max_poll_interval``). ``timeout`` is enforced by the trigger on the wall
     clock; ``cancel_on_timeout`` stops the job then. ``soft_fail`` skips on timeouts only.
 
     :return: a summary dict (request id, status, cost, tiles, output location, dashboard URL).
