@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--rate-limit",
+        action="append",
+        default=None,
+        metavar="REQUESTS/SECONDS",
+        help="a rate-limit policy of the account, e.g. 600/60 (repeat for several at once; windows in emulated "
+        "seconds); over it API calls get 429 with Retry-After in ms",
+    )
     faults = p.add_argument_group("faults")
     for flag, (_, typ, help_) in FAULT_FLAGS.items():
         faults.add_argument(flag, type=typ, default=None, help=help_)
@@ -137,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         log_level=args.log_level,
         access_log=args.access_log,
         s3=s3_from_args(args),
+        rate_limits=tuple(args.rate_limit or ()),
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -84,6 +85,11 @@ class EmulatorApp(FastAPI):
             if problem is not None:
                 err = unauthorized(problem)
                 await JSONResponse(err.body(), err.status, headers=err.headers)(scope, receive, counting_send)
+                return
+            # tokens are only issued to the configured client: its account's policies apply
+            retry_after_ms = st.rate_limiter.admit(st.config.client_id, time.monotonic())
+            if retry_after_ms is not None:
+                await _fault_response(429, retry_after_ms)(scope, receive, counting_send)
                 return
         await super().__call__(scope, receive, counting_send)
 
@@ -484,6 +490,13 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
     async def stats(_: Request) -> Any:
         return st.stats()
 
+    async def get_rate_limits(_: Request) -> Any:
+        return st.rate_limiter.stats()
+
+    async def set_rate_limits(request: Request) -> Any:
+        body = await _json_or_empty(request)
+        return {"policies": st.set_rate_limits(body.get("policies") or [])}
+
     async def get_faults(_: Request) -> Any:
         return st.faults.faults.to_dict()
 
@@ -585,6 +598,8 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
         ("/stats", stats, ["GET"]),
         ("/faults", get_faults, ["GET"]),
         ("/faults", set_faults, ["POST"]),
+        ("/rate-limits", get_rate_limits, ["GET"]),
+        ("/rate-limits", set_rate_limits, ["POST"]),
         ("/reset", reset, ["POST"]),
         ("/revoke-tokens", revoke, ["POST"]),
         ("/advance", advance, ["POST"]),

@@ -168,6 +168,10 @@ class EmulatorConfig:
     saved: after a restart, jobs that wrote over S3 with their request's keys deliver nothing more)."""
     s3: S3Delivery | None = None
     """Deliver outputs into this S3-compatible server instead of ``data_dir``."""
+    rate_limits: Any = ()
+    """Rate-limit policies of the account (its client id), all enforced at once: ``["600/60", "30/1"]`` (requests
+    per emulated seconds; also ``(600, 60)`` or ``{"requests": 600, "window_s": 60}``). Over any of them an API
+    call gets ``429 RATE_LIMIT_EXCEEDED`` with ``Retry-After`` in milliseconds (wall clock)."""
     log_level: str = "warning"
     access_log: bool = False
 
@@ -185,6 +189,9 @@ class EmulatorConfig:
         if self.realm not in (None, "main", "CDSE"):
             raise ValueError(f"realm must be 'main', 'CDSE' or None, got {self.realm!r}")
         self.faults.validate()
+        from .ratelimit import parse_limits
+
+        parse_limits(self.rate_limits)
         if self.s3 is not None:
             self.s3.validate()
         if not self.allow_remote_bind and not is_loopback_host(self.host):

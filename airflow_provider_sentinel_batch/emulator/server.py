@@ -186,6 +186,10 @@ class EmulatorServer:
     def clear_faults(self) -> FaultConfig:
         return self.state.clear_faults()
 
+    def set_rate_limits(self, policies: Any) -> list[dict[str, Any]]:
+        """Replace the account's rate-limit policies (``["600/60"]``; ``[]``: none)."""
+        return self.state.set_rate_limits(policies)
+
     def reset(self) -> None:
         self.state.reset()
 

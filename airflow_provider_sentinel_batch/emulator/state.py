@@ -31,6 +31,7 @@ from .errors import ApiError, bad_payload, not_found
 from .faults import FaultInjector
 from .grids import GRIDS
 from .jobs import TILE_STATUSES, V1_STATUSES, V2_STATUSES, Job, Tile, Timing
+from .ratelimit import RateLimiter, parse_limits
 from .validation import Plan, validate_v1, validate_v2
 
 log = logging.getLogger("airflow_provider_sentinel_batch.emulator")
@@ -252,6 +253,7 @@ class EmulatorState:
         self.outputs = OutputWriter(self.data_dir, config.s3)
         self.tokens = TokenIssuer(config.client_id, config.client_secret, config.seed)
         self.faults = FaultInjector(config.faults, config.seed)
+        self.rate_limiter = RateLimiter(parse_limits(config.rate_limits), config.time_scale)
         self.user_id = str(uuid.uuid5(_NS, f"user:{config.client_id}"))
         self.account_id = str(uuid.uuid5(_NS, f"account:{config.client_id}"))
         self._init_world()
@@ -282,6 +284,7 @@ class EmulatorState:
             self.faults.injected.clear()
             self.faults.reseed()
             self.clock = Clock(self.config.time_scale)
+            self.rate_limiter = RateLimiter(parse_limits(self.config.rate_limits), self.config.time_scale)
             if self.owns_data_dir:
                 for child in self.data_dir.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -299,6 +302,13 @@ class EmulatorState:
             self.faults.set(FaultConfig())
             return self.faults.faults
 
+    def set_rate_limits(self, values: Any) -> list[dict[str, Any]]:
+        """Replace the account's rate-limit policies (``[]``: none); counts of 429s so far are kept."""
+        limits = parse_limits(values)
+        with self.lock:
+            self.rate_limiter.set(limits)
+        return [limit.to_dict() for limit in limits]
+
     def revoke_tokens(self) -> None:
         with self.lock:
             self.tokens.revoke_all()
@@ -314,6 +324,7 @@ class EmulatorState:
     def set_time_scale(self, time_scale: float) -> None:
         with self.lock:
             self.clock.set_scale(time_scale)
+            self.rate_limiter.time_scale = time_scale
 
     def set_pu_budget(self, budget: float | None) -> None:
         with self.lock:
@@ -409,6 +420,7 @@ class EmulatorState:
                 "calls": dict(sorted(self.calls.items())),
                 "responses": dict(sorted(self.responses.items())),
                 "faults_injected": dict(sorted(self.faults.injected.items())),
+                "rate_limits": self.rate_limiter.stats(),
                 "jobs": {k: dict(v) for k, v in by_status.items()},
                 "time_scale": self.clock.scale,
                 "emulated_seconds": round(now, 3),
