@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchAPIError, SentinelBatchError
 from airflow_provider_sentinel_batch.models import FAILURE, TERMINAL, request_payload
 
-if TYPE_CHECKING:
-    from logging import Logger
+#: A ``logging.Logger`` or Airflow's task logger (structlog): anything with ``info``/``warning``.
+Logger = Any
 
+if TYPE_CHECKING:
     from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
 
 #: Key of this provider's entry in Airflow's task state store (Airflow 3.3+). Renaming it would make in-flight
@@ -427,6 +428,8 @@ class TaskJobs:
         self.sleep = sleep
         self.settle_pauses = settle_pauses
         self.decision: Decision | None = None
+        self.found_in: str | None = None
+        """Where :meth:`find` found the request: ``"store"``, ``"search"`` or ``None``."""
 
     def tagged(self) -> list[Job]:
         """Every request carrying this task's tag (one paginated list call)."""
@@ -488,6 +491,7 @@ class TaskJobs:
         """The request a retry or rerun re-attaches to, or ``None`` when a new one must be created."""
         request = self.from_store(context)
         if request is not None:
+            self.found_in = "store"
             self.log.info(
                 "Re-attaching to batch request %s (%s), recorded by an earlier try in Airflow's task state store; "
                 "not creating a new one",
@@ -497,6 +501,7 @@ class TaskJobs:
             return request
         request = self.search(payload)
         if request is not None:
+            self.found_in = "search"
             self.log.info(
                 "Re-attaching to batch request %s (%s) created by an earlier try of this task; not creating a new "
                 "one",

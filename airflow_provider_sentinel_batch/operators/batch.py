@@ -8,7 +8,6 @@ paying for a second job. Import-light: hooks and triggers are imported when a ta
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowSkipException
 
-from airflow_provider_sentinel_batch import lineage
+from airflow_provider_sentinel_batch import identity, lineage
 from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchAPIError,
     SentinelBatchConfigError,
@@ -56,21 +55,27 @@ class SentinelBatchBaseOperator(SentinelBatchTask):
 # ---------------------------------------------------------------------------------------------- create
 def idempotency_tag(context: Context) -> str:
     """Same value on every try and rerun of one task instance (dag, task, run, map index), different otherwise."""
-    ti = context["ti"]
-    run_id = context.get("run_id") or getattr(ti, "run_id", "")
-    key = f"{ti.dag_id}|{ti.task_id}|{run_id}|{getattr(ti, 'map_index', -1)}"
-    return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return identity.task_tag(context)
 
 
 class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
     """Create a batch request (v1 or v2) from a payload; retries and reruns re-attach instead of paying twice.
 
+    A job belongs to a task instance (tag) *and* a payload (fingerprint of the credential-free payload), both in
+    its ``description``: a retry or rerun with the same payload re-attaches to a live or DONE job, a changed
+    payload gets a new job, and concurrent executions of one task instance converge on one job (see
+    :mod:`airflow_provider_sentinel_batch.identity`). On Airflow 3.3+ the request is also kept in the task state
+    store, so a retry usually needs one GET instead of a search.
+
     :param payload: the request body, a dict or a JSON string, or a ``.json`` template file.
     :param evalscript: optional evalscript (or ``.js`` template file) put into ``processRequest.evalscript``.
-    :param description: put before the idempotency tag in the request's ``description``.
+    :param description: put before the identity label in the request's ``description``.
     :param bucket_conn_id: v2 only: an Airflow connection (login = access key, password = secret key) whose keys
         are added to ``output.delivery.s3`` at run time, so they never sit in the DAG or in rendered templates.
-    :param reuse_existing: look for this task instance's request (tag in the description) before creating.
+    :param reuse_existing: look for this task instance's request before creating, and converge with concurrent
+        executions after creating; ``False`` always creates a new job.
+    :param stop_superseded: stop (v2) / cancel (v1) a still-running job of this task instance that was made from
+        a different payload. Off by default: such a job is left running and named in the log.
     :param validate: check the payload locally (shape, grid, resolution) before the create call.
     :return: the request id (also pushed as XCom ``request_id``, with ``created_at`` and links).
     """
@@ -93,6 +98,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         description: str | None = None,
         bucket_conn_id: str | None = None,
         reuse_existing: bool = True,
+        stop_superseded: bool = False,
         validate: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -102,6 +108,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         self.description = description
         self.bucket_conn_id = bucket_conn_id
         self.reuse_existing = reuse_existing
+        self.stop_superseded = stop_superseded
         self.validate = validate
 
     get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
@@ -121,7 +128,9 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         base = self.description if self.description is not None else payload.get("description")
         if self.version == "v2" and base is None:
             base = (payload.get("processRequest") or {}).get("description")
-        payload["description"] = f"{base} [{tag}]" if base else f"[{tag}]"
+        payload["description"] = identity.labelled_description(
+            base, tag, identity.payload_fingerprint(payload)
+        )
         return payload
 
     def _with_bucket_credentials(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -145,25 +154,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
             s3.setdefault("region", region)
         return sent
 
-    def _find_existing(self, tag: str) -> dict[str, Any] | None:
-        found = [
-            r
-            for r in self.hook.iter_requests(search=tag, sort="created:desc")
-            if tag in str(r.get("description") or (r.get("request") or {}).get("description") or "")
-        ]
-        usable = [r for r in found if r.get("status") not in FAILURE[self.version]]
-        if len(usable) > 1:
-            self.log.warning(
-                "Several requests carry tag %s: %s; using the newest", tag, [r.get("id") for r in usable]
-            )
-        for r in found:
-            if r not in usable:
-                self.log.info(
-                    "Previous request %s of this task ended %s; not reusing it", r.get("id"), r.get("status")
-                )
-        return usable[0] if usable else None
-
-    def _created_despite(self, exc: SentinelBatchError, tag: str) -> dict[str, Any]:
+    def _created_despite(self, exc: SentinelBatchError, jobs: identity.TaskJobs) -> dict[str, Any]:
         """After an ambiguous create failure (answer lost, 5xx), the job may exist: find it by its tag."""
         from airflow_provider_sentinel_batch.retry import retries_ran_out
 
@@ -171,30 +162,35 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
             raise exc
         for pause in (0.0, 5.0, 15.0):  # the service's list lags its writes by a few seconds
             time.sleep(pause)
-            existing = self._find_existing(tag)
-            if existing is not None:
+            decision = identity.decide(self.version, jobs.tagged(), jobs.fingerprint)
+            if decision.job is not None and not decision.unverified:
                 self.log.warning(
                     "Create failed ambiguously (%s) but the service had created request %s: using it",
                     exc,
-                    existing.get("id"),
+                    decision.job.id,
                 )
-                return existing
+                return dict(decision.job.request)
         raise exc
 
     def execute(self, context: Context) -> str:
         """Re-attach to this task instance's request, or create it; returns the request id."""
         tag = idempotency_tag(context)
         payload = self._build_payload(tag)
+        jobs = identity.TaskJobs(
+            hook=self.hook,
+            api_version=self.version,
+            tag=tag,
+            fingerprint=identity.payload_fingerprint(payload),
+            log=self.log,
+        )
         if self.reuse_existing:
-            existing = self._find_existing(tag)
+            existing = jobs.find(context, payload)
+            if self.stop_superseded:
+                jobs.stop_superseded()
             if existing is not None:
                 request_id = str(existing["id"])
-                self.log.info(
-                    "Re-attaching to batch request %s (%s) created by an earlier try of this task; not creating "
-                    "a new one",
-                    request_id,
-                    existing.get("status"),
-                )
+                if jobs.found_in != "store":
+                    jobs.remember(context, request_id)
                 self.record_request(context, request_id, existing)
                 context["ti"].xcom_push(key="created_at", value=None)
                 return request_id
@@ -203,12 +199,29 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         try:
             created = self.hook.create_request(self._with_bucket_credentials(payload), validate=False)
         except SentinelBatchError as exc:
-            created = self._created_despite(exc, tag)
+            created = self._created_despite(exc, jobs)
         request_id = str(created["id"])
-        # push before anything else can fail: a retry must be able to find this job
+        # record before anything else can fail: a retry must be able to find this job
+        jobs.remember(context, request_id)
         context["ti"].xcom_push(key="created_at", value=time.time())
         self.record_request(context, request_id, payload | {"id": request_id})
         self.log.info("Batch request %s created: %s", request_id, describe(self.version, created))
+        if self.reuse_existing:
+            used = jobs.converge(created)
+            if str(used["id"]) != request_id:
+                request_id = str(used["id"])
+                jobs.remember(context, request_id)
+                self.record_request(context, request_id, used)
+        superseded = jobs.decision.superseded if jobs.decision else ()
+        if superseded:
+            self.log.warning(
+                "Batch request %s supersedes %s (made from a different payload), which %s",
+                request_id,
+                ", ".join(f"{j.id} ({j.status})" for j in superseded),
+                "were asked to stop"
+                if self.stop_superseded
+                else "are left as they are (stop_superseded=True would stop the running ones)",
+            )
         return request_id
 
 

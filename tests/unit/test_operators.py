@@ -13,6 +13,7 @@ from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchJobError,
     SentinelBatchValidationError,
 )
+from airflow_provider_sentinel_batch.identity import payload_fingerprint
 from airflow_provider_sentinel_batch.operators.batch import (
     SentinelBatchAnalyseOperator,
     SentinelBatchCancelOperator,
@@ -48,16 +49,38 @@ def request_body(**fields):
     return {"id": RID, "status": "CREATED", "userAction": "NONE", "tileCount": 72, **fields}
 
 
+def service(mock, url, answer, earlier=()):
+    """POST and list routes that behave like the service: a created request is listed (with the description
+    it was created with) next to ``earlier`` ones, so the operator's check for concurrent executions sees it."""
+    listed = list(earlier)
+
+    def create(request, context):
+        sent = request.json()
+        body = dict(answer)
+        if "request" in body:  # v2 keeps the payload under "request"
+            body["request"] = {**body["request"], "description": sent["description"]}
+        else:
+            body["description"] = sent["description"]
+        listed.append(body)
+        return body
+
+    return (
+        mock.post(url, status_code=201, json=create),
+        mock.get(url, json=lambda request, context: {"data": list(listed), "links": {}}),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ create
 def test_create_tags_pushes_and_returns_id(v1):
-    v1.get(f"{V1}/process", json={"data": [], "links": {}})
-    create = v1.post(f"{V1}/process", status_code=201, json=request_body())
+    create, listing = service(v1, f"{V1}/process", request_body())
     context = ctx()
     op = SentinelBatchCreateOperator(task_id="create", payload=corsica_v1("bucket"), api_version="v1")
     assert op.execute(context) == RID
     sent = create.last_request.json()
     tag = idempotency_tag(context)
-    assert sent["description"] == f"Max NDVI over Corsica [{tag}]"
+    fingerprint = payload_fingerprint(corsica_v1("bucket"))
+    assert sent["description"] == f"Max NDVI over Corsica [{tag} payload-{fingerprint}]"
+    assert listing.call_count == 2  # the search before, the concurrency check after
     assert sent["processRequest"] == corsica_v1("bucket")["processRequest"]
     xcoms = context["ti"].xcoms
     assert xcoms["request_id"] == RID and isinstance(xcoms["created_at"], float)
@@ -87,11 +110,8 @@ def test_create_reattaches_on_retry_instead_of_paying_twice(v1):
 def test_create_does_not_reuse_a_failed_job(v1):
     context = ctx()
     tag = idempotency_tag(context)
-    v1.get(
-        f"{V1}/process",
-        json={"data": [request_body(id="old", description=f"x [{tag}]", status="FAILED")], "links": {}},
-    )
-    create = v1.post(f"{V1}/process", status_code=201, json=request_body())
+    old = request_body(id="old", description=f"x [{tag}]", status="FAILED")
+    create, _ = service(v1, f"{V1}/process", request_body(), earlier=[old])
     assert (
         SentinelBatchCreateOperator(task_id="create", payload=corsica_v1(), api_version="v1").execute(context)
         == RID
@@ -116,8 +136,7 @@ def test_create_rejects_bad_payload_before_any_paid_call(v1):
 
 
 def test_create_from_json_string_and_evalscript(v1):
-    v1.get(f"{V1}/process", json={"data": [], "links": {}})
-    create = v1.post(f"{V1}/process", status_code=201, json=request_body())
+    create, _ = service(v1, f"{V1}/process", request_body())
     payload = corsica_v1()
     del payload["processRequest"]["evalscript"]
     op = SentinelBatchCreateOperator(
@@ -140,10 +159,7 @@ def test_v2_bucket_credentials_come_from_a_connection(conn_env, token_mock, requ
         json.dumps({"conn_type": "aws", "login": "AKIAEXAMPLE", "password": "bucket-secret-42"}),
     )
     requests_mock.get(f"{V2}/tilinggrids", json=GRIDS)
-    requests_mock.get(f"{V2}/process", json={"data": [], "links": {}})
-    create = requests_mock.post(
-        f"{V2}/process", status_code=201, json={"id": RID, "status": "CREATED", "request": {}}
-    )
+    create, _ = service(requests_mock, f"{V2}/process", {"id": RID, "status": "CREATED", "request": {}})
     payload = corsica_v1()
     del payload["tilingGrid"], payload["bucketName"]
     payload["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
