@@ -340,3 +340,59 @@ def test_concurrent_executions_converge_on_one_job(emu, version):
     else:  # the loser renamed its never-started job out of the tag search
         renamed = [j for j in server.state.jobs.values() if "duplicate of" in j.description]
         assert len(renamed) == trials and all(j.status == "CREATED" for j in renamed)
+
+
+# ---------------------------------------------------------------------------------------------- real Airflow
+def crash_dag_source(version: str, dag_id: str) -> str:
+    return f'''
+import json
+from datetime import datetime, timedelta
+
+from airflow.providers.common.compat.sdk import DAG
+from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator
+
+PAYLOAD = json.loads({json.dumps(payload(version))!r})
+
+
+class CrashAfterCreate(SentinelBatchCreateOperator):
+    """Fails right after a successful create on its first try, like a worker lost at that moment."""
+
+    def execute(self, context):
+        request_id = super().execute(context)
+        if context["ti"].try_number <= 1:
+            raise RuntimeError("worker lost right after create (injected)")
+        return request_id
+
+
+with DAG("{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False) as dag:
+    CrashAfterCreate(
+        task_id="create", payload=PAYLOAD, api_version="{version}", retries=1, retry_delay=timedelta(0)
+    )
+'''
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_airflow_retry_reattaches_through_the_task_state_store_or_the_tag(dag_runner, emu, version):
+    """Real task runs (dag.test): Airflow 3.3 hands the task its state store, 2.11 has none and searches."""
+    from tests.integration.harness import AIRFLOW_V_3
+
+    server = emu(version)
+    dag_id = f"identity_retry_{version}"
+    result = dag_runner(crash_dag_source(version, dag_id), dag_id, disable_retries=False)
+    assert result.succeeded, result.describe()
+    assert result.task("create").try_number == 2
+    assert server.stats()["jobs_created"] == 1
+    log = result.log("create")
+    store_available = AIRFLOW_V_3 and _has_task_state_store()
+    if store_available:
+        assert "recorded by an earlier try in Airflow's task state store" in log, log
+        assert list_calls(server, version) == 2  # the first try's search and concurrency check; none on retry
+    else:
+        assert "created by an earlier try of this task" in log, log
+        assert list_calls(server, version) == 3
+
+
+def _has_task_state_store() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("airflow.sdk.bases.resumablejobmixin") is not None
