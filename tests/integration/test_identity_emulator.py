@@ -1,5 +1,5 @@
 """Job identity against the emulator: every row of the re-attach table, the task state store, concurrent
-executions of one task instance (threads here; processes and a real scheduler in tests/triggerer)."""
+executions of one task instance (threads, and separate processes), and a real Airflow retry."""
 
 from __future__ import annotations
 
@@ -13,24 +13,12 @@ import pytest
 from airflow_provider_sentinel_batch import identity
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
 from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator, idempotency_tag
-from tests.seed import seed_payload
+from tests.integration.identity_racer import PREFIX, FakeTI, payload
 
 pytestmark = [pytest.mark.integration, pytest.mark.sentinel_batch_emulator(time_scale=1.0)]
 
 VERSIONS = ["v1", "v2"]
 LOGGER = "identity.create"
-
-
-class FakeTI:
-    """The task instance surface the create operator uses: identity fields and XCom push."""
-
-    def __init__(self, run_id: str = "manual__identity", map_index: int = -1) -> None:
-        self.dag_id, self.task_id, self.run_id, self.map_index = "identity", "create", run_id, map_index
-        self.try_number = 1
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
 
 
 class MemoryStore:
@@ -52,16 +40,6 @@ def context(run_id: str = "manual__identity", store: MemoryStore | None = None) 
     if store is not None:
         ctx["task_state_store"] = store
     return ctx
-
-
-def payload(version: str, evalscript_suffix: str = "") -> dict[str, Any]:
-    p = seed_payload("corsica-bucket")
-    p["processRequest"]["evalscript"] += evalscript_suffix
-    if version == "v2":
-        del p["tilingGrid"], p["bucketName"]
-        p["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-        p["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://corsica-bucket/v2"}}}
-    return p
 
 
 @pytest.fixture(autouse=True)
@@ -396,3 +374,69 @@ def _has_task_state_store() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("airflow.sdk.bases.resumablejobmixin") is not None
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_two_processes_executing_one_task_instance_converge_on_one_job(emu, version):
+    """Two processes run the same create task instance at the same moment; the create call is held 300 ms
+    so both search before either job exists. How often does the race leave two live jobs (more trials:
+    ``SENTINEL_BATCH_RACE_TRIALS``)?"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = emu(version)
+    server.set_faults(create_delay_ms=300)
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    trials = int(os.environ.get("SENTINEL_BATCH_RACE_TRIALS", "2"))  # a process pair takes ~10 s to start
+    raced, left_two, outcomes = 0, 0, []
+    for trial in range(trials):
+        run_id = f"manual__processes_{trial}"
+        before = server.stats()["jobs_created"]
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.identity_racer", version, run_id],
+                cwd=root,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            for racer in racers:  # both imported, built and authenticated ...
+                assert racer.stdout is not None
+                while (line := racer.stdout.readline()) and line.strip() != "RACER ready":
+                    pass
+                assert line, "the racer exited before it was ready"
+            for racer in racers:  # ... then go at once
+                assert racer.stdin is not None
+                racer.stdin.write("go\n")
+                racer.stdin.flush()
+            results = []
+            for racer in racers:
+                out, _ = racer.communicate(timeout=120)
+                answers = [line[len(PREFIX) :] for line in out.splitlines() if line.startswith(PREFIX)]
+                assert answers, out[-2000:]
+                results.append(json.loads(answers[-1]))
+        finally:
+            for racer in racers:
+                if racer.poll() is None:
+                    racer.kill()
+                    racer.wait()
+        assert all("request_id" in r for r in results), results
+        ids = [r["request_id"] for r in results]
+        created = server.stats()["jobs_created"] - before
+        tag = idempotency_tag(context(run_id))
+        live = {jid: s for jid, s in live_tagged(server, tag).items() if s not in ("FAILED", "CANCELED")}
+        outcomes.append((created, len(live), len(set(ids))))
+        raced += created == 2
+        left_two += len(live) > 1
+        assert len(set(ids)) == 1, (trial, ids)
+        assert list(live) == [ids[0]], (trial, live)
+    print(f"{version}: {trials} trials, (jobs created, live jobs left, distinct ids returned) = {outcomes}")
+    assert raced == trials and left_two == 0, outcomes
