@@ -215,12 +215,12 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         superseded = jobs.decision.superseded if jobs.decision else ()
         if superseded:
             self.log.warning(
-                "Batch request %s supersedes %s (made from a different payload), which %s",
+                "Batch request %s supersedes %s (made from a different payload); %s",
                 request_id,
                 ", ".join(f"{j.id} ({j.status})" for j in superseded),
-                "were asked to stop"
+                "stop_superseded=True: the running ones were asked to stop"
                 if self.stop_superseded
-                else "are left as they are (stop_superseded=True would stop the running ones)",
+                else "left as they are (stop_superseded=True would stop the running ones)",
             )
         return request_id
 
