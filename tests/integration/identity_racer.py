@@ -16,29 +16,22 @@ import json
 import sys
 from typing import Any
 
-from tests.seed import seed_payload
+from tests.fakes import FakeTI
+from tests.payloads import corsica_v1, corsica_v2
+
+__all__ = ["PREFIX", "FakeTI", "context", "payload"]
 
 
-class FakeTI:
-    """The task instance surface the create operator uses: identity fields and XCom push."""
-
-    def __init__(self, run_id: str = "manual__identity", map_index: int = -1) -> None:
-        self.dag_id, self.task_id, self.run_id, self.map_index = "identity", "create", run_id, map_index
-        self.try_number = 1
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
+def context(run_id: str = "manual__identity") -> dict[str, Any]:
+    """A task context of the create task instance ``identity.create`` of run ``run_id``."""
+    ti = FakeTI("create", dag_id="identity", run_id=run_id)
+    return {"ti": ti, "run_id": run_id}
 
 
 def payload(version: str, evalscript_suffix: str = "") -> dict[str, Any]:
     """The Corsica request (v1), or the same job in v2's shape, optionally with a changed evalscript."""
-    p = seed_payload("corsica-bucket")
+    p = corsica_v1("corsica-bucket") if version == "v1" else corsica_v2("s3://corsica-bucket/v2")
     p["processRequest"]["evalscript"] += evalscript_suffix
-    if version == "v2":
-        del p["tilingGrid"], p["bucketName"]
-        p["input"] = {"type": "tiling-grid", "id": 0, "resolution": 60.0}
-        p["output"] = {"type": "raster", "delivery": {"s3": {"url": "s3://corsica-bucket/v2"}}}
     return p
 
 
@@ -52,9 +45,8 @@ def main(version: str, run_id: str) -> int:
     op.hook.get_token()  # warm up: after "go", both executions only make the create task's own calls
     print("RACER ready", flush=True)
     sys.stdin.readline()
-    ti = FakeTI(run_id)
     try:
-        result: dict[str, Any] = {"request_id": op.execute({"ti": ti, "run_id": run_id})}
+        result: dict[str, Any] = {"request_id": op.execute(context(run_id))}
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}"}
     print("RACER " + json.dumps(result), flush=True)

@@ -13,7 +13,8 @@ import pytest
 from airflow_provider_sentinel_batch import identity
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
 from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator, idempotency_tag
-from tests.integration.identity_racer import PREFIX, FakeTI, payload
+from tests.integration.identity_racer import PREFIX, payload
+from tests.integration.identity_racer import context as task_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.sentinel_batch_emulator(time_scale=1.0)]
 
@@ -35,8 +36,7 @@ class MemoryStore:
 
 
 def context(run_id: str = "manual__identity", store: MemoryStore | None = None) -> dict[str, Any]:
-    ti = FakeTI(run_id)
-    ctx: dict[str, Any] = {"ti": ti, "run_id": run_id}
+    ctx = task_context(run_id)
     if store is not None:
         ctx["task_state_store"] = store
     return ctx

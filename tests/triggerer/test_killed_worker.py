@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from packaging.version import Version
 
-from tests.triggerer.stack import AIRFLOW_VERSION, AirflowStack, EmulatorProcess, clean_environment
+from tests.triggerer.stack import AIRFLOW_VERSION, AirflowStack, StackEmulator, clean_environment
 from tests.triggerer.test_real_triggerer import _check_environment  # the same on/auto/require switch
 
 pytestmark = [pytest.mark.triggerer, pytest.mark.timeout(420)]
@@ -112,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     """Emulator + a fresh Airflow deployment for this module; every process is stopped, even on failure."""
     _check_environment()
     root = tmp_path_factory.mktemp("killed-worker")
-    emulator = EmulatorProcess(root, time_scale=50.0, env=clean_environment())
+    emulator = StackEmulator(root, time_scale=50.0, env=clean_environment())
     airflow: AirflowStack | None = None
     try:
         emulator.launch()
@@ -126,7 +126,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     finally:
         if airflow is not None:
             airflow.stop()
-        emulator.http.close()
         emulator.stop()
 
 
