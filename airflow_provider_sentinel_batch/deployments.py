@@ -160,6 +160,8 @@ class ConnectionSettings:
     api_version: str = DEFAULT_API_VERSION
     deployment: str = "custom"
     conn_id: str | None = None
+    requests_per_minute: float | None = None
+    """The process's request budget for this account (``None``: unlimited); see ``budget.py``."""
 
     def describe(self) -> str:
         """Where this connection goes, for people: the preset's name, or the URLs when they are not a preset's."""
@@ -270,4 +272,22 @@ def settings_from_connection(
         api_version=check_api_version(extra.get("api_version")),
         deployment=name,
         conn_id=conn_id,
+        requests_per_minute=_requests_per_minute(extra.get("requests_per_minute"), name, where),
     )
+
+
+def _requests_per_minute(value: Any, deployment: str, where: str) -> float | None:
+    """The ``requests_per_minute`` extra (``0``: no budget), else the deployment's default."""
+    from airflow_provider_sentinel_batch.budget import DEFAULT_REQUESTS_PER_MINUTE
+
+    if value is None or value == "":
+        return DEFAULT_REQUESTS_PER_MINUTE.get(deployment)
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise SentinelBatchConfigError(
+            f"{where}: requests_per_minute must be a number (0 for no budget), got {value!r}."
+        ) from None
+    if rate < 0:
+        raise SentinelBatchConfigError(f"{where}: requests_per_minute must not be negative, got {value!r}.")
+    return rate or None

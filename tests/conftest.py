@@ -29,15 +29,23 @@ from airflow.providers.common.compat.sdk import BaseOperator  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)
-def _clean_caches():
+def _clean_caches(monkeypatch):
+    from airflow_provider_sentinel_batch import budget
     from airflow_provider_sentinel_batch.auth import TOKEN_CACHE
     from airflow_provider_sentinel_batch.hooks import sentinel_batch
 
+    # mocked services answer in microseconds: the deployments' default request budgets would only pace the
+    # tests (tests/unit/test_budget.py covers the budget itself, with its defaults)
+    monkeypatch.setattr(
+        budget, "DEFAULT_REQUESTS_PER_MINUTE", dict.fromkeys(budget.DEFAULT_REQUESTS_PER_MINUTE)
+    )
     TOKEN_CACHE.clear()
     sentinel_batch._GRID_CACHE.clear()
+    budget.forget_budgets()
     yield
     TOKEN_CACHE.clear()
     sentinel_batch._GRID_CACHE.clear()
+    budget.forget_budgets()
 
 
 @pytest.fixture

@@ -30,11 +30,13 @@ import httpx
 
 from airflow_provider_sentinel_batch import api
 from airflow_provider_sentinel_batch.auth import TOKEN_CACHE, fetch_token_async, token_key
+from airflow_provider_sentinel_batch.budget import budget_for
 from airflow_provider_sentinel_batch.deployments import (
     ConnectionSettings,
     connection_extra,
     settings_from_connection,
 )
+from airflow_provider_sentinel_batch.exceptions import parse_retry_after
 from airflow_provider_sentinel_batch.retry import (
     RetryPolicy,
     TransientError,
@@ -150,6 +152,7 @@ class SentinelBatchAsyncClient:
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._pool: _Pool | None = None
+        self._budget = budget_for(settings.token_url, settings.client_id, settings.requests_per_minute)
 
     async def __aenter__(self) -> SentinelBatchAsyncClient:
         if self._http is not None:
@@ -198,8 +201,11 @@ class SentinelBatchAsyncClient:
     async def _once(
         self, method: str, url: str, params: dict[str, Any] | None, request_id: str | None
     ) -> httpx.Response:
+        budget = self._budget
         for refreshed in (False, True):
             token = await self.get_token()
+            if budget is not None:
+                await budget.acquire_async(action=method != "GET")  # polls paced, actions never wait
             try:
                 response = await self._send(method, url, params, token)
             except (httpx.TransportError, TimeoutError) as exc:
@@ -207,6 +213,8 @@ class SentinelBatchAsyncClient:
             if response.status_code == 401 and not refreshed:
                 TOKEN_CACHE.invalidate(token_key(self.settings), token)
                 continue
+            if response.status_code == 429 and budget is not None:
+                budget.rate_limited_for(parse_retry_after(response.headers.get("Retry-After")))
             classify_response(
                 status=response.status_code,
                 method=method,

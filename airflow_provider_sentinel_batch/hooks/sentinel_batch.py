@@ -21,7 +21,11 @@ from airflow_provider_sentinel_batch.deployments import (
     deployment_mismatch,
     settings_from_connection,
 )
-from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError, SentinelBatchError
+from airflow_provider_sentinel_batch.exceptions import (
+    SentinelBatchConfigError,
+    SentinelBatchError,
+    parse_retry_after,
+)
 from airflow_provider_sentinel_batch.retry import (
     RECENT_REQUESTS,
     SURELY_REFUSED,
@@ -35,6 +39,8 @@ from airflow_provider_sentinel_batch.statistical import normalised, validate_sta
 
 if TYPE_CHECKING:
     import requests
+
+    from airflow_provider_sentinel_batch.budget import RequestBudget
 
 _GRID_CACHE: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
 _GRID_CACHE_LOCK = threading.Lock()
@@ -154,6 +160,14 @@ class SentinelBatchHook(BaseHook):
         session.auth = _Bearer(self.get_token)
         return session
 
+    @cached_property
+    def budget(self) -> RequestBudget | None:
+        """The process-wide request budget of this connection's account (``None``: unlimited)."""
+        from airflow_provider_sentinel_batch.budget import budget_for
+
+        settings = self.settings
+        return budget_for(settings.token_url, settings.client_id, settings.requests_per_minute)
+
     def get_conn(self) -> requests.Session:
         """A ``requests.Session`` that authenticates every call with the cached token (for raw API calls)."""
         return self.session
@@ -201,6 +215,11 @@ class SentinelBatchHook(BaseHook):
             # ``refreshed``: no second chance left; a fixed token has none (a 401 is then the answer)
             for refreshed in (True,) if fixed_token else (False, True):
                 token = fixed_token or self.get_token()
+                budget = self.budget
+                if budget is not None:
+                    budget.acquire(
+                        action=method != "GET", sleep=self._sleep
+                    )  # polls paced, actions never wait
                 try:
                     response = self.session.request(
                         method,
@@ -216,6 +235,8 @@ class SentinelBatchHook(BaseHook):
                     # expired or revoked early: drop this token, fetch a new one, try once more
                     TOKEN_CACHE.invalidate(token_key(self.settings), token)
                     continue
+                if response.status_code == 429 and budget is not None:
+                    budget.rate_limited_for(parse_retry_after(response.headers.get("Retry-After")))
                 classify_response(
                     status=response.status_code,
                     method=method,
