@@ -20,7 +20,12 @@ def batch_root(base_url: str, api_version: str) -> str:
 def process_url(
     base_url: str, api_version: str, request_id: str | None = None, action: str | None = None
 ) -> str:
-    """The URL of the requests collection, one request, or an action on it (``analyse``, ``start``, ...)."""
+    """The URL of the requests collection, one request, or an action on it (``analyse``, ``start``, ...).
+
+    ``api_version="statistical"`` gives the Batch Statistical URLs (``/api/v1/statistics/batch``).
+    """
+    if api_version == "statistical":
+        return statistical_url(base_url, request_id, action)
     url = f"{batch_root(base_url, api_version)}/process"
     if request_id is not None:
         if not str(request_id).strip() or "/" in str(request_id):

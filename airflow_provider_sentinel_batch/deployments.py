@@ -218,11 +218,25 @@ class ConnectionSettings:
         return None
 
 
+#: API families a task can address: Batch Processing v1 and v2, and Batch Statistical (same lifecycle as v2).
+API_FAMILIES = (*API_VERSIONS, "statistical")
+
+
 def check_api_version(api_version: str | None) -> str:
-    """The API version normalised (``v1`` | ``v2``, default ``v2``); a clear error otherwise."""
+    """The Batch API version of a connection normalised (``v1`` | ``v2``, default ``v2``); a clear error otherwise."""
     version = (api_version or DEFAULT_API_VERSION).lower()
     if version not in API_VERSIONS:
         raise SentinelBatchConfigError(f"api_version must be 'v1' or 'v2', got {api_version!r}.")
+    return version
+
+
+def check_api_family(api_version: str | None) -> str:
+    """A task's or hook's ``api_version``: ``v1`` | ``v2`` | ``statistical`` (Batch Statistical), default ``v2``."""
+    version = (api_version or DEFAULT_API_VERSION).lower()
+    if version not in API_FAMILIES:
+        raise SentinelBatchConfigError(
+            f"api_version must be 'v1', 'v2' or 'statistical' (Batch Statistical), got {api_version!r}."
+        )
     return version
 
 

@@ -85,6 +85,13 @@ def responses_of(payload: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 def output_layout(api_version: str, request: Mapping[str, Any], request_id: str) -> OutputLayout:
     """The output layout of a request object (GET) or create payload, v1 or v2."""
     payload = request_payload(api_version, request) if "request" in request else dict(request)
+    if api_version == "statistical":
+        from airflow_provider_sentinel_batch.statistical import output_root
+
+        url = ((payload.get("output") or {}).get("s3") or {}).get("url")
+        return OutputLayout(
+            "statistics", output_root(url, request_id) if url else None, (("json", "application/json"),)
+        )
     responses = responses_of(payload)
     if api_version == "v2":
         output = payload.get("output") or {}

@@ -69,6 +69,8 @@ def request_facts(
     payload = request_payload(api_version, request) if "request" in request else request
     process = payload.get("processRequest") or {}
     data_input = process.get("input") or {}
+    if api_version == "statistical":  # polygons from a GeoPackage; one time range for every collection
+        data_input = {"data": _with_time_range(payload)}
     bounds = data_input.get("bounds") or {}
     bbox = bounds.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4):
@@ -101,6 +103,19 @@ def request_facts(
         facts["status"] = request["status"]
     facts["cost_pu"] = cost_of(api_version, request)
     return facts
+
+
+def _with_time_range(payload: Mapping[str, Any]) -> list[Any]:
+    """Batch Statistical data collections with ``aggregation.timeRange`` as their time range."""
+    time_range = (payload.get("aggregation") or {}).get("timeRange") or {}
+    items = []
+    for item in (payload.get("input") or {}).get("data") or []:
+        if isinstance(item, dict):
+            data_filter = dict(item.get("dataFilter") or {})
+            data_filter.setdefault("timeRange", time_range)
+            item = {**item, "dataFilter": data_filter}
+        items.append(item)
+    return items
 
 
 def remember_request(op: Any, request_id: str, request: Mapping[str, Any] | None) -> None:

@@ -70,15 +70,19 @@ KNOWN = {
         }
     ),
 }
+KNOWN["statistical"] = KNOWN["v2"]  # Batch Statistical: the v2 lifecycle (FAILED, STOPPED; no PARTIAL)
+
 #: The job has ended: no status change follows without a user action.
 TERMINAL = {
     "v1": frozenset({Status.DONE, Status.PARTIAL, Status.FAILED, Status.CANCELED}),
     "v2": frozenset({Status.DONE, Status.FAILED, Status.STOPPED}),
+    "statistical": frozenset({Status.DONE, Status.FAILED, Status.STOPPED}),
 }
 #: Ends that fail a wait whatever it waited for.
 FAILURE = {
     "v1": frozenset({Status.FAILED, Status.CANCELED}),
     "v2": frozenset({Status.FAILED, Status.STOPPED}),
+    "statistical": frozenset({Status.FAILED, Status.STOPPED}),
 }
 #: Before processing: analysis is asked, running or done. Looked at every ``analysis_poll_interval``.
 ANALYSIS_PHASE = frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE})
@@ -90,6 +94,7 @@ CAN_ANALYSE = frozenset({Status.CREATED})
 CAN_START = {
     "v1": frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE}),
     "v2": frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE, Status.STOPPED}),
+    "statistical": frozenset({Status.CREATED, Status.ANALYSING, Status.ANALYSIS_DONE, Status.STOPPED}),
 }
 #: The analysis is over (it happened, or processing already began).
 ANALYSIS_REACHED = frozenset({Status.ANALYSIS_DONE, Status.PROCESSING, Status.DONE, Status.PARTIAL})
@@ -118,7 +123,12 @@ def v1_tile_counts(by_status: Mapping[str, int]) -> dict[str, int]:
 
 
 def cost_of(api_version: str, request: Mapping[str, Any]) -> float | None:
-    """Best known cost in PU: v2 ``costPU`` (billed so far), v1 ``valueEstimate / 3`` (the batch discount)."""
+    """Best known cost in PU: v2 ``costPU`` (billed so far), v1 ``valueEstimate / 3`` (the batch discount),
+    Batch Statistical ``costPU`` or ``costPu`` (the spelling of its OpenAPI)."""
+    if api_version == "statistical":
+        from airflow_provider_sentinel_batch.statistical import cost_pu
+
+        return cost_pu(request)
     if api_version == "v2":
         value = request.get("costPU")
         return float(value) if isinstance(value, int | float) else None
@@ -127,8 +137,8 @@ def cost_of(api_version: str, request: Mapping[str, Any]) -> float | None:
 
 
 def request_payload(api_version: str, request: Mapping[str, Any]) -> dict[str, Any]:
-    """The user's payload inside a request object (v1 keeps it top level, v2 under ``request``)."""
-    if api_version == "v2":
+    """The user's payload inside a request object (v1 keeps it top level, v2 and statistical under ``request``)."""
+    if api_version in ("v2", "statistical"):
         inner = request.get("request")
         return inner if isinstance(inner, dict) else {}
     return dict(request)

@@ -142,7 +142,7 @@ def build_manifest(
     request: Mapping[str, Any],
     options: ResultOptions,
 ) -> dict[str, Any]:
-    """The result manifest of a DONE request: v1 from the tiles endpoint, v2 from the bucket."""
+    """The result manifest of a DONE request: v1 from the tiles endpoint, v2 and statistical from the bucket."""
     if api_version == "v1":
         return v1_manifest(hook, request_id, request, options.manifest_limit)
     from airflow_provider_sentinel_batch.bucket import BucketReader, storage_options_from_connection
@@ -156,6 +156,10 @@ def build_manifest(
             mask_secret(conn.password)
         storage_options = {**storage_options_from_connection(conn), **storage_options}
     reader = BucketReader(options.results_url, storage_options)
+    if api_version == "statistical":
+        from airflow_provider_sentinel_batch.statistical_results import statistical_manifest
+
+        return statistical_manifest(request_id, request, reader, options.manifest_limit)
     return v2_manifest(request_id, request, reader, options.manifest_limit)
 
 

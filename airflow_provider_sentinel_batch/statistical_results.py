@@ -240,12 +240,54 @@ def read_table(
     return table
 
 
+def statistical_manifest(
+    request_id: str, request: Mapping[str, Any], reader: Any, limit: int
+) -> dict[str, Any]:
+    """The result manifest of a DONE Batch Statistical request, from its per-feature files in the bucket.
+
+    Same keys as the Batch v2 manifest (``counts`` ``total``/``done``/``failed``/``pending``, ``failed`` with
+    ``id``/``name``/``error``), so failure thresholds, asset extras and lineage read it alike; plus ``rows``.
+    """
+    from airflow_provider_sentinel_batch.statistical import output_url
+
+    url = output_url(request)
+    if not url:
+        raise ValueError(f"Batch Statistical request {request_id} has no output.s3.url")
+    table = read_table(request_id=request_id, output_url=url, documents=_documents(reader, request_id, url))
+    counts = table.counts()
+    failed = [
+        {"id": f.get("id"), "name": str(f.get("identifier") or f.get("id")), "error": f.get("error")}
+        for f in table.failed
+    ]
+    return {
+        "source": "per-feature files",
+        "location": output_root(url, request_id),
+        "path_template": file_pattern(url, request_id).pattern,
+        "counts": {
+            "total": counts["features"],
+            "done": counts["ok"],
+            "failed": counts["failed"],
+            "pending": 0,
+        },
+        "rows": counts["rows"],
+        "intervals": counts["intervals"],
+        "interval_errors": counts["interval_errors"],
+        "failed": failed[:limit],
+        "failed_truncated": len(failed) > limit,
+        "outputs": [],
+        "limit": limit,
+    }
+
+
 def _read_documents(
     request_id: str, output_url: str, results_url: str | None, storage_options: Mapping[str, Any] | None
 ) -> Iterable[tuple[str, Any]]:
     from airflow_provider_sentinel_batch.bucket import BucketReader
 
-    reader = BucketReader(results_url, storage_options)
+    return _documents(BucketReader(results_url, storage_options), request_id, output_url)
+
+
+def _documents(reader: Any, request_id: str, output_url: str) -> list[tuple[str, Any]]:
     root = output_root(output_url, request_id)
     fs, path = reader._fs(root)
     pattern = file_pattern(output_url, request_id)

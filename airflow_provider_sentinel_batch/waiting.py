@@ -95,8 +95,8 @@ def describe(api_version: str, request: dict[str, Any]) -> str:
         parts.append(f"{request['completionPercentage']}% complete")
     if request.get("tileCount") is not None:
         parts.append(f"{request['tileCount']} tiles")
-    if api_version == "v2" and request.get("costPU") is not None:
-        parts.append(f"cost {request['costPU']} PU so far")
+    if api_version in ("v2", "statistical") and cost_of(api_version, request) is not None:
+        parts.append(f"cost {cost_of(api_version, request)} PU so far")
     if api_version == "v1" and request.get("valueEstimate") is not None:
         estimate = float(request["valueEstimate"])
         parts.append(f"estimate {estimate:g} PU before the batch discount (~{estimate / 3:.1f} PU charged)")
@@ -122,7 +122,7 @@ def judge(
     rid = request.get("id")
     if status in FAILURE[api_version]:
         return Verdict(Outcome.FAILED, failure_message(request))
-    if max_cost_pu is not None and api_version == "v2":
+    if max_cost_pu is not None and api_version in ("v2", "statistical"):
         cost = cost_of(api_version, request)
         if cost is not None and cost > max_cost_pu and status not in TERMINAL[api_version]:
             return Verdict(

@@ -271,6 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             env["AIRFLOW_CONN_SENTINEL_BATCH_BUCKET"] = json.dumps(s3.airflow_conn(s3.writer_keys))
             env["AIRFLOW_CONN_SENTINEL_BATCH_RESULTS"] = json.dumps(s3.airflow_conn(s3.reader_keys))
             env["SENTINEL_BATCH_RESULTS_CONN_ID"] = "sentinel_batch_results"
+        # Batch Statistical example: its fields are staged into (and its table read from) the bucket; the tables
+        # go next to the logs
+        env["AIRFLOW_VAR_SENTINEL_BATCH_TABLE_DIR"] = str(workdir / "tables")
+        if s3 is None:
+            env["AIRFLOW_VAR_SENTINEL_BATCH_RESULTS_URL"] = data_dir.as_uri()
         _say(f"==> Airflow metadata DB (SQLite) in {home}: airflow db migrate")
         step = time.monotonic()
         with (logs / "db-migrate.log").open("w") as log:

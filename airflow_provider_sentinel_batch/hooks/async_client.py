@@ -252,9 +252,12 @@ class SentinelBatchAsyncClient:
         return api.decode_body(response.status_code, response.text, method, url)
 
     async def get_request(self, request_id: str, api_version: str) -> dict[str, Any]:
-        """The request object (``GET .../process/<id>``)."""
+        """The request object (``GET .../process/<id>``; Batch Statistical: ``costPU`` always set)."""
+        from airflow_provider_sentinel_batch.statistical import normalised
+
         url = api.process_url(self.settings.base_url, api_version, request_id)
-        return api.expect_object(await self.call("GET", url, request_id=request_id), "GET", url)
+        body = api.expect_object(await self.call("GET", url, request_id=request_id), "GET", url)
+        return normalised(body) if api_version == "statistical" else body
 
     async def stop_or_cancel(self, request_id: str, api_version: str) -> None:
         """Ask the service to stop (v2) or cancel (v1) the job."""

@@ -16,7 +16,7 @@ from airflow_provider_sentinel_batch import api
 from airflow_provider_sentinel_batch.deployments import (
     DEPLOYMENTS,
     ConnectionSettings,
-    check_api_version,
+    check_api_family,
     connection_extra,
     deployment_mismatch,
     settings_from_connection,
@@ -78,7 +78,7 @@ class SentinelBatchHook(BaseHook):
     ) -> None:
         super().__init__()
         self.sentinel_batch_conn_id = sentinel_batch_conn_id
-        self._api_version = check_api_version(api_version) if api_version else None
+        self._api_version = check_api_family(api_version) if api_version else None
         self.retry_policy = retry_policy or RetryPolicy()
         self.timeout = timeout
         self._sleep: Callable[[float], None] | None = None  # tests inject a fake clock here
@@ -148,7 +148,7 @@ class SentinelBatchHook(BaseHook):
         return self._api_version or self.settings.api_version
 
     def _version(self, api_version: str | None) -> str:
-        return check_api_version(api_version) if api_version else self.api_version
+        return check_api_family(api_version) if api_version else self.api_version
 
     @cached_property
     def session(self) -> requests.Session:
@@ -288,7 +288,7 @@ class SentinelBatchHook(BaseHook):
             raise SentinelBatchError(f"Create answered without a request id: {body!r:.300}")
         RECENT_REQUESTS.note(body["id"])
         self.log.info("Created batch %s request %s", version, body["id"])
-        return body
+        return normalised(body) if version == "statistical" else body
 
     def iter_requests(
         self,
@@ -312,9 +312,11 @@ class SentinelBatchHook(BaseHook):
         return list(self.iter_requests(**kwargs))
 
     def get_request(self, request_id: str, *, api_version: str | None = None) -> dict[str, Any]:
-        """The request object (``GET .../process/<id>``)."""
-        url = api.process_url(self.settings.base_url, self._version(api_version), request_id)
-        return api.expect_object(self._call("GET", url, request_id=request_id), "GET", url)
+        """The request object (``GET .../process/<id>``; Batch Statistical: ``costPU`` always set)."""
+        version = self._version(api_version)
+        url = api.process_url(self.settings.base_url, version, request_id)
+        body = api.expect_object(self._call("GET", url, request_id=request_id), "GET", url)
+        return normalised(body) if version == "statistical" else body
 
     def get_status(self, request_id: str, *, api_version: str | None = None) -> str:
         """The request's ``status``."""
@@ -502,6 +504,9 @@ class SentinelBatchHook(BaseHook):
         from airflow_provider_sentinel_batch.validation import validate_payload
 
         version = self._version(api_version)
+        if version == "statistical":
+            validate_statistical_payload(payload)  # no tiling grid: polygons come from a GeoPackage
+            return
         validate_payload(payload, version)  # shape first: no network for an obviously broken payload
         if check_grids:
             validate_payload(payload, version, grids=self.list_tiling_grids(api_version=version))

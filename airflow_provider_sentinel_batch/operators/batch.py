@@ -59,7 +59,8 @@ def idempotency_tag(context: Context) -> str:
 
 
 class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
-    """Create a batch request (v1 or v2) from a payload; retries and reruns re-attach instead of paying twice.
+    """Create a batch request (v1, v2 or Batch Statistical) from a payload; retries and reruns re-attach instead
+    of paying twice.
 
     A job belongs to a task instance (tag) *and* a payload (fingerprint of the credential-free payload), both in
     its ``description``: a retry or rerun with the same payload re-attaches to a live or DONE job, a changed
@@ -68,10 +69,14 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
     store, so a retry usually needs one GET instead of a search.
 
     :param payload: the request body, a dict or a JSON string, or a ``.json`` template file.
-    :param evalscript: optional evalscript (or ``.js`` template file) put into ``processRequest.evalscript``.
-    :param description: put before the identity label in the request's ``description``.
-    :param bucket_conn_id: v2 only: an Airflow connection (login = access key, password = secret key) whose keys
-        are added to ``output.delivery.s3`` at run time, so they never sit in the DAG or in rendered templates.
+    :param evalscript: optional evalscript (or ``.js`` template file) put into ``processRequest.evalscript``
+        (Batch Statistical: ``aggregation.evalscript``).
+    :param description: put before the identity label in the request's ``description`` (Batch Statistical
+        requests have no description: a retry finds its request by the same payload, credentials aside).
+    :param bucket_conn_id: v2 and Batch Statistical: an Airflow connection (login = access key, password = secret
+        key) whose keys are added at run time (v2: ``output.delivery.s3``; statistical: ``output.s3``,
+        ``input.features.s3`` and ``aggregation.evalscriptReference.s3`` unless they carry keys), so they never
+        sit in the DAG or in rendered templates.
     :param reuse_existing: look for this task instance's request before creating, and converge with concurrent
         executions after creating; ``False`` always creates a new job.
     :param stop_superseded: stop (v2) / cancel (v1) a still-running job of this task instance that was made from
@@ -123,6 +128,14 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         if not isinstance(payload, dict):
             raise SentinelBatchConfigError(f"payload must be a JSON object, got {type(payload).__name__}")
         payload = copy.deepcopy(payload)
+        if self.version == "statistical":
+            if self.evalscript:
+                payload.setdefault("aggregation", {})["evalscript"] = self.evalscript
+            if self.description is not None:
+                self.log.info(
+                    "Batch Statistical requests have no description: %r is not sent", self.description
+                )
+            return payload
         if self.evalscript:
             payload.setdefault("processRequest", {})["evalscript"] = self.evalscript
         base = self.description if self.description is not None else payload.get("description")
@@ -136,7 +149,7 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
     def _with_bucket_credentials(self, payload: dict[str, Any]) -> dict[str, Any]:
         if not self.bucket_conn_id:
             return payload
-        if self.version != "v2":
+        if self.version not in ("v2", "statistical"):
             raise SentinelBatchConfigError("bucket_conn_id is for Batch v2 (v1 writes with a bucket policy).")
         from airflow.providers.common.compat.sdk import mask_secret
 
@@ -147,12 +160,54 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
             )
         mask_secret(conn.password)
         sent = copy.deepcopy(payload)
+        region = conn.extra_dejson.get("region_name") or conn.extra_dejson.get("region")
+        if self.version == "statistical":
+            # the results, the GeoPackage and a stored evalscript: every bucket location without its own keys
+            places = [sent.setdefault("output", {}).setdefault("s3", {})]
+            for parent in (
+                (sent.get("input") or {}).get("features"),
+                (sent.get("aggregation") or {}).get("evalscriptReference"),
+            ):
+                if isinstance(parent, dict) and isinstance(parent.get("s3"), dict):
+                    places.append(parent["s3"])
+            for s3 in places:
+                if not s3.get("accessKey") and not s3.get("iamRoleARN"):
+                    s3.update({"accessKey": conn.login, "secretAccessKey": conn.password})
+            if region:
+                places[0].setdefault("region", region)
+            return sent
         s3 = sent.setdefault("output", {}).setdefault("delivery", {}).setdefault("s3", {})
         s3.update({"accessKey": conn.login, "secretAccessKey": conn.password})
-        region = conn.extra_dejson.get("region_name") or conn.extra_dejson.get("region")
         if region:
             s3.setdefault("region", region)
         return sent
+
+    def _find_same_statistical(self) -> dict[str, Any] | None:
+        """Batch Statistical has no description to tag: the newest request with this payload (credentials aside)
+        that did not fail is this task's earlier try (or an identical computation, whose results are the same)."""
+        from airflow_provider_sentinel_batch.identity import canonical_json, credential_free
+
+        def identity(payload: Any) -> str:
+            keys = ("input", "aggregation", "calculations", "output")
+            return canonical_json(
+                credential_free({k: v for k, v in dict(payload or {}).items() if k in keys})
+            )
+
+        wanted = identity(self._statistical_payload)
+        found = [
+            r
+            for r in self.hook.iter_requests(sort="created:desc", api_version="statistical")
+            if identity(r.get("request")) == wanted
+        ]
+        usable = [r for r in found if r.get("status") not in FAILURE[self.version]]
+        for r in found:
+            if r not in usable:
+                self.log.info(
+                    "Earlier request %s with this payload ended %s; not reusing it",
+                    r.get("id"),
+                    r.get("status"),
+                )
+        return usable[0] if usable else None
 
     def _created_despite(self, exc: SentinelBatchError, jobs: identity.TaskJobs) -> dict[str, Any]:
         """After an ambiguous create failure (answer lost, 5xx), the job may exist: find it by its tag."""
@@ -172,10 +227,47 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
                 return dict(decision.job.request)
         raise exc
 
+    def _execute_statistical(self, context: Context, payload: dict[str, Any]) -> str:
+        """Batch Statistical: re-attach to the newest live or DONE request with this payload, or create it."""
+        self._statistical_payload = payload
+        existing = self._find_same_statistical() if self.reuse_existing else None
+        if existing is not None:
+            request_id = str(existing["id"])
+            self.log.info(
+                "Re-attaching to batch request %s (%s): same payload, created by an earlier try; not creating "
+                "a new one",
+                request_id,
+                existing.get("status"),
+            )
+            self.record_request(context, request_id, existing)
+            context["ti"].xcom_push(key="created_at", value=None)
+            return request_id
+        if self.validate:
+            self.hook.validate_payload(payload)
+        try:
+            created = self.hook.create_request(self._with_bucket_credentials(payload), validate=False)
+        except SentinelBatchError as exc:
+            from airflow_provider_sentinel_batch.retry import retries_ran_out
+
+            found = self._find_same_statistical() if self.reuse_existing and retries_ran_out(exc) else None
+            if found is None:
+                raise
+            self.log.warning(
+                "Create failed ambiguously (%s) but the service had created request %s", exc, found["id"]
+            )
+            created = found
+        request_id = str(created["id"])
+        context["ti"].xcom_push(key="created_at", value=time.time())
+        self.record_request(context, request_id, payload | {"id": request_id})
+        self.log.info("Batch request %s created: %s", request_id, describe(self.version, created))
+        return request_id
+
     def execute(self, context: Context) -> str:
         """Re-attach to this task instance's request, or create it; returns the request id."""
         tag = idempotency_tag(context)
         payload = self._build_payload(tag)
+        if self.version == "statistical":
+            return self._execute_statistical(context, payload)
         jobs = identity.TaskJobs(
             hook=self.hook,
             api_version=self.version,

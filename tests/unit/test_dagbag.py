@@ -58,6 +58,17 @@ EXPECTED = {
         "per_aoi.wait_for_done": {"report"},
         "report": set(),
     },
+    "ndvi_statistics_per_field": {
+        "stage_fields": {"create"},
+        "create": {"analyse"},
+        "analyse": {"wait_for_analysis", "stop_on_failure"},
+        "wait_for_analysis": {"start", "stop_on_failure"},
+        "start": {"wait_for_done", "stop_on_failure"},
+        "wait_for_done": {"table", "summary", "stop_on_failure"},
+        "table": {"summary"},
+        "summary": set(),
+        "stop_on_failure": set(),
+    },
     "asset_producer_corsica_v2": {
         "create": {"start"},
         "start": {"wait_for_done", "stop_on_failure"},
@@ -215,6 +226,20 @@ def test_corsica_v2_payload_is_the_same_job_in_v2_form(dagbag):
     assert set(s3) == {"url"} and s3["url"].startswith("s3://")  # keys come from bucket_conn_id at run time
     assert create.bucket_conn_id == "sentinel_batch_bucket"
     assert create.api_version == "v2" and _evalscript(create) == EVALSCRIPT
+
+
+def test_statistical_example_is_batch_statistical(dagbag):
+    dag = dagbag.dags["ndvi_statistics_per_field"]
+    create = dag.get_task("create")
+    assert create.api_version == "statistical" and create.bucket_conn_id == "sentinel_batch_bucket"
+    assert set(create.payload) == {"input", "aggregation", "calculations", "output"}
+    assert set(create.payload["output"]["s3"]) == {"url"}  # keys come from bucket_conn_id at run time
+    assert all(
+        t.api_version == "statistical" for t in dag.tasks if hasattr(t, "request_id") and t.task_id != "table"
+    )
+    assert "evaluatePixel" in (
+        create.evalscript if "\n" in create.evalscript else (DAGS / create.evalscript).read_text()
+    )
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))

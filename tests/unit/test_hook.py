@@ -151,7 +151,8 @@ def test_explicit_api_version_overrides_connection(hook, requests_mock):
     assert hook.get_status(RID, api_version="v2") == "DONE"
     assert route.call_count == 1
     assert SentinelBatchHook(api_version="v2").api_version == "v2"
-    with pytest.raises(SentinelBatchConfigError, match="'v1' or 'v2'"):
+    assert SentinelBatchHook(api_version="statistical").api_version == "statistical"
+    with pytest.raises(SentinelBatchConfigError, match="'v1', 'v2' or 'statistical'"):
         SentinelBatchHook(api_version="v3")
 
 
