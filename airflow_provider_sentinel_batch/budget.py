@@ -49,8 +49,9 @@ class RequestBudget:
 
     @property
     def interval(self) -> float:
-        """Seconds between two routine calls at the current pace."""
-        return 60.0 / self.requests_per_minute
+        """Seconds between two routine calls at full pace: a minute holds the burst plus the paced calls, no more
+        than ``requests_per_minute`` in all."""
+        return 60.0 / (self.requests_per_minute * (1.0 - min(BURST_S, 30.0) / 60.0))
 
     def _pace(self, now: float) -> float:
         if now < self._slow_until:
