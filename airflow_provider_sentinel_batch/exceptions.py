@@ -140,6 +140,13 @@ class SentinelBatchJobError(SentinelBatchError, AirflowFailException):
         self.status = status
 
 
+class SentinelBatchRefusedError(SentinelBatchError, AirflowFailException):
+    """A trigger's wait ended on an error a retry cannot fix (credentials, permission, configuration).
+
+    A final outcome: the task fails without Airflow's retries; the message is the original error's.
+    """
+
+
 class SentinelBatchCostExceededError(SentinelBatchJobError):
     """The cost guard refused to start, or stopped, a job whose cost passed ``max_cost_pu``."""
 

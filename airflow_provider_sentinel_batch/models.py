@@ -133,7 +133,8 @@ def cost_of(api_version: str, request: Mapping[str, Any]) -> float | None:
         value = request.get("costPU")
         return float(value) if isinstance(value, int | float) else None
     estimate = request.get("valueEstimate")
-    return float(estimate) / 3.0 if isinstance(estimate, int | float) else None
+    # rounded like the service's own figures (3 decimals), so 561.729 / 3 prints as 187.243, not 187.24300000000002
+    return round(float(estimate) / 3.0, 3) if isinstance(estimate, int | float) else None
 
 
 def request_payload(api_version: str, request: Mapping[str, Any]) -> dict[str, Any]:

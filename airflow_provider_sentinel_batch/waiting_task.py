@@ -25,6 +25,7 @@ from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchCostExceededError,
     SentinelBatchError,
     SentinelBatchJobError,
+    SentinelBatchRefusedError,
 )
 from airflow_provider_sentinel_batch.layout import location_of
 from airflow_provider_sentinel_batch.links import LINKS_KEY
@@ -90,9 +91,9 @@ class SentinelBatchTask(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="request_id", value=request_id)
         location = location_of(self.version, request, request_id) if request else None
-        ti.xcom_push(
-            key=LINKS_KEY, value={"dashboard": self.hook.dashboard_url(request_id), "output": location}
-        )
+        # web pages only: the UI drops links that are not http(s) (an s3:// location would not show)
+        links = {"dashboard": self.hook.dashboard_url(request_id), "output": self.hook.output_page(location)}
+        ti.xcom_push(key=LINKS_KEY, value=links)
         lineage.remember_request(self, request_id, request)  # credential-free facts for OpenLineage
 
 
@@ -329,6 +330,10 @@ class WaitsForBatch(SentinelBatchTask):
         if outcome == Outcome.COST_EXCEEDED:
             raise SentinelBatchCostExceededError(message, request_id=request_id, status=summary.get("status"))
         if outcome == Outcome.ERROR:
+            if event.get(
+                "final"
+            ):  # refused credentials or permission, a broken connection: retrying cannot help
+                raise SentinelBatchRefusedError(message)
             # the wait itself broke (service unreachable, rate limited for too long): a task retry may succeed
             raise SentinelBatchError(message)
         raise SentinelBatchJobError(message, request_id=request_id, status=summary.get("status"))

@@ -425,6 +425,7 @@ class SentinelBatchCancelOperator(_RequestOperator):
     def execute(self, context: Context) -> str:
         """Cancel/stop an unfinished job; returns the status after."""
         request = self._read()
+        self.record_request(context, self.request_id, request)  # its links (the UI looks them up)
         status = request.get("status")
         if status in TERMINAL[self.version]:
             self.log.info("Batch request %s is already %s: nothing to stop", self.request_id, status)
@@ -438,7 +439,8 @@ class SentinelBatchCancelOperator(_RequestOperator):
         return str(self.hook.get_status(self.request_id))
 
 
-SentinelBatchStopOperator = SentinelBatchCancelOperator
+class SentinelBatchStopOperator(SentinelBatchCancelOperator):
+    """The same as :class:`SentinelBatchCancelOperator`, named after v2's STOP (and shown so in the UI)."""
 
 
 class SentinelBatchRestartPartialOperator(_RequestOperator):

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_sentinel_batch.models import Status
@@ -135,7 +136,10 @@ class SentinelBatchTrigger(BaseTrigger):
                     request = await client.get_request(self.request_id, self.api_version)
                 except Exception as exc:
                     if not retries_ran_out(exc):
-                        return watch.error(str(exc))
+                        event = watch.error(str(exc))
+                        if isinstance(exc, AirflowFailException):  # credentials, permission: no task retry
+                            event["final"] = True
+                        return event
                     failures += 1
                     if failures >= self.max_poll_failures:
                         return watch.error(f"{failures} consecutive status checks failed; last error: {exc}")
@@ -190,6 +194,10 @@ class SentinelBatchTrigger(BaseTrigger):
         after a second or so (a first state lookup on a fresh triggerer can take longer), and the stop is lost.
         """
         if not self.cancel_on_kill:
+            self.log.info(
+                "The trigger was removed; cancel_on_kill=False: leaving batch request %s running",
+                self.request_id,
+            )
             return
         work = asyncio.ensure_future(self._kill(_on_kill_budget()))
         while not work.done():
@@ -229,7 +237,11 @@ class SentinelBatchTrigger(BaseTrigger):
             async with asyncio.timeout_at(deadline):
                 settings = await settings_for_conn_id(self.conn_id)
                 async with self._client(settings) as client:
-                    await self._stop(client, why)
+                    outcome = await self._stop(client, why)
+            if "not needed" in outcome:
+                self.log.info(
+                    "Batch request %s was already finished after %s%s", self.request_id, why, outcome
+                )
         except Exception as exc:
             self.log.warning(
                 "Best-effort stop of %s on kill failed: %s", self.request_id, _describe_error(exc)

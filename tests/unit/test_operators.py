@@ -84,7 +84,10 @@ def test_create_tags_pushes_and_returns_id(v1):
     assert sent["processRequest"] == corsica_v1("bucket")["processRequest"]
     xcoms = context["ti"].xcoms
     assert xcoms["request_id"] == RID and isinstance(xcoms["created_at"], float)
-    assert xcoms["sentinel_batch_links"]["output"] == f"s3://bucket/{RID}/"
+    # a page a browser opens (the UI drops s3:// links): the bucket prefix in the AWS S3 console
+    assert xcoms["sentinel_batch_links"]["output"] == (
+        f"https://s3.console.aws.amazon.com/s3/buckets/bucket?prefix={RID}%2F"
+    )
     assert xcoms["sentinel_batch_links"]["dashboard"].endswith(f"/{RID}")
 
 
