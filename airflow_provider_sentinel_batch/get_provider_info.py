@@ -113,7 +113,11 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {
                             "type": ["string", "null"],
                             "enum": ["v2", "v1", None],
-                            "values_display": {"v2": "v2 (current)", "v1": "v1 (deprecated upstream)"},
+                            "values_display": {
+                                "null": "Not set: v2",
+                                "v2": "v2 (current)",
+                                "v1": "v1 (deprecated upstream)",
+                            },
                         },
                     },
                 },

@@ -1,0 +1,350 @@
+"""The Airflow 3 UI in a real browser: what a user sees of this provider, checked in headless Chromium.
+
+One deployment for the module (``tests/triggerer/stack.py``: the emulator, the API server, scheduler, DAG
+processor and triggerer as separate processes in a fresh ``AIRFLOW_HOME``), the ``corsica_max_ndvi_v2`` example
+DAG, and a system Chromium driven by Playwright (never a downloaded browser):
+
+* the connection form shows the provider's labelled fields (deployment presets by name, the preset URLs) and
+  hides host, schema and port; a saved connection shows its token URL, not ``***``;
+* a Corsica v2 run shows ``wait_for_done`` deferred, then the run succeeds;
+* ``wait_for_done`` shows both extra links, and both open a page (the emulator's request and outputs pages);
+* a wrong client secret fails ``create`` at its first try, the token URL readable in the task log;
+* ``airflow connections test`` succeeds, and fails in plain words for a wrong secret (the UI's Test button is
+  broken on Airflow 3.3.2).
+
+Run it with ``bash .ci/ui`` (Airflow 3.3.2). ``SENTINEL_BATCH_UI_TESTS=require`` runs it (a machine without
+Chromium or Playwright is then a failure), anything else skips it. ``SENTINEL_BATCH_UI_SCREENSHOTS=<dir>`` keeps
+the screenshots there (``docs/ui`` refreshes the documentation's images).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.triggerer.stack import AIRFLOW_3, AirflowStack, EmulatorProcess, clean_environment
+
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
+
+SWITCH = "SENTINEL_BATCH_UI_TESTS"
+CHROMIUM = os.environ.get("SENTINEL_BATCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "dags_examples"
+DAG_ID = "corsica_max_ndvi_v2"
+BUCKET = "sentinel-batch-demo"  # the example's default bucket
+WRONG_SECRET = "not-the-emulator-secret-5d1c"
+FAST, SLOW = (
+    100.0,
+    0.5,
+)  # emulated seconds per second: a quick job / a job that stays PROCESSING while we look
+UI_TIMEOUT_MS = 30_000
+
+
+def _check_environment() -> None:
+    if os.environ.get(SWITCH, "").strip().lower() not in {"require", "1", "on", "true", "yes"}:
+        pytest.skip(f"the browser test runs with `bash .ci/ui` ({SWITCH}=require)")
+    if not AIRFLOW_3:
+        pytest.skip("the browser test covers the Airflow 3 UI")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{SWITCH}=require but there is no Chromium at {CHROMIUM}. Install it from the OS packages "
+            "(Debian/Ubuntu: `sudo apt-get install -y chromium chromium-driver`) or point "
+            "SENTINEL_BATCH_CHROMIUM at one; `bash .ci/ui` installs it itself when run as root."
+        )
+    if importlib.util.find_spec("playwright") is None:
+        pytest.fail(f"{SWITCH}=require but Playwright for Python is missing: pip install playwright")
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    """Emulator + Airflow 3 daemons with the Corsica v2 example; every process stopped, even on failure."""
+    _check_environment()
+    root = tmp_path_factory.mktemp("ui")
+    emulator = EmulatorProcess(root, time_scale=FAST, env=clean_environment())
+    airflow: AirflowStack | None = None
+    try:
+        emulator.launch()
+        airflow = AirflowStack(root, emulator)
+        airflow.dags_folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLES / f"{DAG_ID}.py", airflow.dags_folder)
+        shutil.copytree(EXAMPLES / "include", airflow.dags_folder / "include")
+        airflow.migrate()
+        emulator.wait_ready()
+        wrong = json.loads(emulator.airflow_conn)
+        wrong["password"] = WRONG_SECRET
+        airflow.env.update(
+            {
+                "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": json.dumps(
+                    {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key"}
+                ),
+                "AIRFLOW_CONN_SENTINEL_BATCH_WRONG": json.dumps(wrong),
+                "SENTINEL_BATCH_POLL_INTERVAL": "1",
+                "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.5",
+                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            }
+        )
+        airflow.start()
+        airflow.wait_ready([DAG_ID], timeout=240)
+        yield airflow
+    finally:
+        if airflow is not None:
+            airflow.stop()
+        emulator.http.close()
+        emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: AirflowStack) -> Iterator[Any]:
+    """Headless system Chromium with a fresh profile (Playwright drives it; nothing is downloaded)."""
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="ui-chromium-")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    page = browser.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def screenshot(page: Any, name: str, **kwargs: Any) -> None:
+    """Keep a screenshot when SENTINEL_BATCH_UI_SCREENSHOTS names a folder (docs/ui for the documentation)."""
+    folder = os.environ.get("SENTINEL_BATCH_UI_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), **kwargs)
+
+
+def open_ui(page: Any, stack: AirflowStack, path: str, ready_text: str) -> None:
+    """Open a UI page and wait until its translated text is there (the UI loads its strings after the page)."""
+    page.goto(stack.api_url + path, wait_until="networkidle")
+    page.get_by_text(ready_text, exact=True).first.wait_for()
+
+
+def open_new_connection_form(page: Any, stack: AirflowStack) -> Any:
+    open_ui(page, stack, "/connections", "Add Connection")
+    page.get_by_role("button", name="Add Connection").click()
+    dialog = page.get_by_role("dialog")
+    combo = dialog.get_by_role("combobox").first
+    combo.click()
+    combo.fill("Sentinel Hub")
+    page.get_by_role("option", name="Sentinel Hub Batch").click()
+    dialog.get_by_text("Standard Fields", exact=True).wait_for()
+    return dialog
+
+
+def labels(dialog: Any) -> list[str]:
+    return [" ".join(text.replace("*", "").split()) for text in dialog.locator("label").all_inner_texts()]
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_connection_form_shows_the_provider_fields(stack: AirflowStack, page: Any) -> None:
+    page.set_viewport_size({"width": 1400, "height": 1100})  # the whole dialog
+    dialog = open_new_connection_form(page, stack)
+    assert dialog.get_by_placeholder("OAuth client id").count() == 1
+    screenshot(page, "connection-form.png")
+    dialog.get_by_text("Extra Fields", exact=True).click()
+    dialog.get_by_text("Token URL (override)", exact=True).wait_for()
+    shown = labels(dialog)
+    for label in (
+        "Client ID",
+        "Client secret",
+        "Deployment",
+        "Base URL (override)",
+        "Token URL (override)",
+        "Default Batch API version",
+    ):
+        assert label in shown, shown
+    for hidden in ("Host", "Schema", "Port", "Login", "Password"):
+        assert hidden not in shown, shown
+    # the deployment select shows the preset by name, and the description the preset URLs
+    assert dialog.get_by_text("Sentinel Hub EU (services.sentinel-hub.com)", exact=True).count() == 1
+    text = dialog.inner_text()
+    assert (
+        "https://sh.dataspace.copernicus.eu" in text and "https://services-uswest2.sentinel-hub.com" in text
+    )
+    assert "Not set: v2" in text  # the API version left empty, not "null"
+    screenshot(page, "connection-form-extras.png")
+    deployment = dialog.get_by_role("combobox").nth(1)  # after the connection type
+    deployment.focus()
+    page.keyboard.press("ArrowDown")
+    page.get_by_role("option").first.wait_for()
+    options = page.get_by_role("option").all_inner_texts()
+    assert options == [
+        "Sentinel Hub EU (services.sentinel-hub.com)",
+        "Sentinel Hub US West (services-uswest2.sentinel-hub.com)",
+        "Copernicus Data Space Ecosystem (sh.dataspace.copernicus.eu)",
+        "Custom: the two URLs below",
+    ], options
+
+
+def test_saved_connection_shows_its_urls_not_stars(stack: AirflowStack, page: Any) -> None:
+    base, token = (
+        stack.emulator.base_url,
+        f"{stack.emulator.base_url}/auth/realms/main/protocol/openid-connect/token",
+    )
+    legacy = f"{base}/legacy-token-url"  # positive control: a key with "token" in it is masked by Airflow
+    extra = {"deployment": "custom", "base_url": base, "auth_url": token, "token_url": legacy}
+    response = stack.http.post(
+        f"{stack.api_url}/api/v2/connections",
+        json={
+            "connection_id": "sentinel_batch_form",
+            "conn_type": "sentinel_batch",
+            "login": "emulator-client",
+            "password": "emulator-secret",
+            "extra": json.dumps(extra),
+        },
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    page.set_viewport_size({"width": 1400, "height": 1100})
+    open_ui(page, stack, "/connections", "sentinel_batch_form")
+    row = page.locator("tr", has_text="sentinel_batch_form")
+    row.get_by_role("button", name="Edit Connection").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Extra Fields", exact=True).click()
+    assert dialog.locator("[name=element_base_url]").input_value() == base
+    assert dialog.locator("[name=element_auth_url]").input_value() == token
+    assert dialog.get_by_text("Custom: the two URLs below", exact=True).count() == 1
+    # what Airflow hides: the secret, and the value of the legacy "token_url" key (positive control)
+    hidden = [i.get_attribute("name") for i in dialog.locator("input").all() if i.input_value() == "***"]
+    assert sorted(hidden) == ["element_token_url", "password"], hidden
+    screenshot(page, "connection-edit.png")
+
+
+def task_row(page: Any, task_id: str) -> Any:
+    """The run page's row of one task (its task id is a link)."""
+    return page.locator("tr").filter(has=page.get_by_role("link", name=task_id, exact=True))
+
+
+def _state(stack: AirflowStack, run_id: str, task_id: str) -> str | None:
+    ti = stack.task_instance(DAG_ID, run_id, task_id)
+    return ti["state"] if ti else None
+
+
+def test_corsica_run_defers_succeeds_and_links_open(stack: AirflowStack, page: Any) -> None:
+    emulator = stack.emulator
+    emulator.set_time_scale(FAST)
+    run_id = "ui_corsica_v2"
+    stack.trigger(DAG_ID, run_id)
+    stack.wait(
+        "the analysis to finish",
+        lambda: _state(stack, run_id, "wait_for_analysis") == "success",
+        timeout=150,
+    )
+    emulator.set_time_scale(SLOW)  # keep the job PROCESSING while the browser looks
+    stack.wait(
+        "wait_for_done deferred",
+        lambda: _state(stack, run_id, "wait_for_done") == "deferred",
+        timeout=90,
+    )
+    open_ui(page, stack, f"/dags/{DAG_ID}/runs/{run_id}", "Task Instances")
+    task_row(page, "wait_for_done").get_by_text("Deferred", exact=True).wait_for()
+    screenshot(page, "grid-deferred.png")
+
+    emulator.set_time_scale(FAST)
+    stack.wait("the run to succeed", lambda: stack.run_state(DAG_ID, run_id) == "success", timeout=120)
+    open_ui(page, stack, f"/dags/{DAG_ID}/runs/{run_id}", "Task Instances")
+    for task_id in ("create", "analyse", "wait_for_analysis", "start", "wait_for_done", "summary"):
+        task_row(page, task_id).get_by_text("Success", exact=True).wait_for()
+    screenshot(page, "grid.png")
+
+    request_id = str(
+        stack.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'create' AND key = 'request_id'",
+            DAG_ID,
+            run_id,
+        )[0]["value"]
+    ).strip('"')
+    open_ui(page, stack, f"/dags/{DAG_ID}/runs/{run_id}/tasks/wait_for_done/details", "Extra Links")
+    dashboard = page.get_by_role("link", name="Sentinel Hub batch request")
+    output = page.get_by_role("link", name="Batch output location")
+    dashboard.wait_for()
+    output.wait_for()
+    screenshot(page, "extra-links.png")
+    hrefs = {"dashboard": dashboard.get_attribute("href"), "output": output.get_attribute("href")}
+    assert hrefs == {
+        "dashboard": f"{emulator.base_url}/dashboard/batch/{request_id}",
+        "output": f"{emulator.base_url}/dashboard/outputs/{BUCKET}/{request_id}/",
+    }, hrefs
+
+    # both targets open: the request page (status, progress, cost) and the list of delivered files
+    page.goto(hrefs["dashboard"])
+    assert page.locator("#status").inner_text() == "DONE"
+    assert page.locator("#progress").inner_text() == "100 %"
+    assert re.fullmatch(r"\d+\.\d\d PU", page.locator("#cost").inner_text())
+    screenshot(page, "emulator-request-page.png")
+    page.goto(hrefs["output"])
+    files = re.findall(r"\S+\.tiff?\b", page.inner_text("body"))
+    assert files, page.inner_text("body")
+    assert "***" not in json.dumps(hrefs)
+
+
+def test_wrong_secret_fails_at_once_with_a_readable_token_url(stack: AirflowStack, page: Any) -> None:
+    run_id = "ui_wrong_secret"
+    response = stack.http.post(
+        f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns",
+        json={"dag_run_id": run_id, "logical_date": None, "conf": {"conn_id": "sentinel_batch_wrong"}},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    stack.wait("create to fail", lambda: _state(stack, run_id, "create") == "failed", timeout=120)
+    ti = stack.task_instance(DAG_ID, run_id, "create")
+    assert ti is not None and ti["try_number"] == 1  # the example sets retries=2: none was used
+    log = stack.task_log(DAG_ID, run_id, "create")
+    expected = (
+        f"Token request to {stack.emulator.base_url}/auth/realms/main/protocol/openid-connect/token failed"
+    )
+    assert expected in log, log[-3000:]
+    assert "Token request to *** failed" not in log and WRONG_SECRET not in log
+    assert "Skipping masking for a secret as it's too short" not in log
+    open_ui(page, stack, f"/dags/{DAG_ID}/runs/{run_id}/tasks/create", "Logs")
+    page.get_by_text(expected, exact=False).first.wait_for()
+
+
+def test_connections_test_command(stack: AirflowStack) -> None:
+    """The command line test (the UI's Test button is broken on Airflow 3.3.2): success, and a plain failure."""
+    out = stack.airflow("connections", "test", "sentinel_batch_default", timeout=120)
+    assert "Connection success!" in out, out
+    with pytest.raises(RuntimeError) as failed:
+        stack.airflow("connections", "test", "sentinel_batch_wrong", timeout=120)
+    token_url = f"{stack.emulator.base_url}/auth/realms/main/protocol/openid-connect/token"
+    assert f"Token request to {token_url} failed: HTTP 401 invalid_client" in str(failed.value)
+    assert WRONG_SECRET not in str(failed.value)
