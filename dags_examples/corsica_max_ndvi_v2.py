@@ -42,6 +42,8 @@ BUCKET_CONN_ID = "sentinel_batch_bucket"
 # A connection that may read the bucket (aws: access key, secret, endpoint_url): the wait then reads the execution
 # database and the feature manifest from it and returns the result manifest. Unset: no bucket reads.
 RESULTS_CONN_ID = os.environ.get("SENTINEL_BATCH_RESULTS_CONN_ID") or None
+# Or an fsspec URL under which the bucket is mirrored or mounted (the local emulator: file://<its data dir>).
+RESULTS_URL = os.environ.get("SENTINEL_BATCH_RESULTS_URL") or None
 
 
 def setting(name: str, default: str) -> str:
@@ -137,6 +139,7 @@ with DAG(
         # v2 bills while processing: the trigger STOPs the job once costPU passes this, then the task fails
         max_cost_pu=MAX_COST_PU,
         results_conn_id=RESULTS_CONN_ID,
+        results_url=RESULTS_URL,
         created_at=CREATED_AT,
         **common,
     )
@@ -162,7 +165,7 @@ with DAG(
         print(f"  cost: {line['cost_pu']} PU (max {MAX_COST_PU:g})")
         print(f"  outputs: {location}")
         manifest = result.get("results")
-        if manifest:  # read from the bucket through RESULTS_CONN_ID
+        if manifest:  # read from the bucket through RESULTS_CONN_ID, or from its mirror RESULTS_URL
             counts = manifest.get("counts") or {}
             line["results"] = {k: manifest.get(k) for k in ("source", "counts", "execution_db")}
             print(
