@@ -150,10 +150,10 @@ def test_demo_entry_point(tmp_path):
     assert (workdir / "logs" / "corsica_max_ndvi_v1.log").is_file()
 
 
-def test_corsica_v2_result_manifest_from_the_emulator_bucket(dag_runner, emulator):
+def test_corsica_v2_result_manifest_from_the_emulator_bucket(dag_runner, server):
     """SENTINEL_BATCH_RESULTS_URL (the emulator's data dir) gives the v2 example its result manifest."""
     result = run_example(
-        dag_runner, "corsica_max_ndvi_v2", env={"SENTINEL_BATCH_RESULTS_URL": emulator.data_dir.as_uri()}
+        dag_runner, "corsica_max_ndvi_v2", env={"SENTINEL_BATCH_RESULTS_URL": server.data_dir.as_uri()}
     )
     assert result.succeeded, result.describe()
     manifest = result.xcom("wait_for_done")["results"]

@@ -62,7 +62,7 @@ async def test_refused_credentials_during_a_wait_end_it_without_retry(v2_trigger
         request_id=RID, conn_id="sentinel_batch_default", api_version="v2", poll_interval=1.0
     )
     event = (await trigger.run().__anext__()).payload
-    assert event["status"] == "error" and event["final"] is True and "invalid_client" in event["message"]
+    assert event["outcome"] == "error" and event["final"] is True and "invalid_client" in event["message"]
     sensor = SentinelBatchSensor(task_id="wait", request_id=RID, api_version="v2")
     with pytest.raises(SentinelBatchRefusedError, match="invalid_client") as exc:
         sensor.execute_complete(ctx("wait"), event)
@@ -72,7 +72,9 @@ async def test_refused_credentials_during_a_wait_end_it_without_retry(v2_trigger
 def test_a_broken_wait_still_retries(conn_env):
     sensor = SentinelBatchSensor(task_id="wait", request_id=RID, api_version="v2")
     with pytest.raises(SentinelBatchError) as exc:
-        sensor.execute_complete(ctx("wait"), {"request_id": RID, "status": "error", "message": "unreachable"})
+        sensor.execute_complete(
+            ctx("wait"), {"request_id": RID, "outcome": "error", "message": "unreachable"}
+        )
     assert not isinstance(exc.value, AirflowFailException)
 
 
