@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.triggerer.stack import AIRFLOW_3, AirflowStack, EmulatorProcess, clean_environment
+from tests.triggerer.stack import AIRFLOW_3, AirflowStack, StackEmulator, clean_environment
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
@@ -80,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     """Emulator + Airflow 3 daemons with the Corsica v2 example; every process stopped, even on failure."""
     _check_environment()
     root = tmp_path_factory.mktemp("ui")
-    emulator = EmulatorProcess(root, time_scale=FAST, env=clean_environment())
+    emulator = StackEmulator(root, time_scale=FAST, env=clean_environment())
     airflow: AirflowStack | None = None
     try:
         emulator.launch()
@@ -109,7 +109,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     finally:
         if airflow is not None:
             airflow.stop()
-        emulator.http.close()
         emulator.stop()
 
 
