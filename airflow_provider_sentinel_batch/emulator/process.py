@@ -105,7 +105,7 @@ class EmulatorProcess:
         extra = json.loads(airflow_conn)["extra"]
         handle.base_url, handle.token_url, handle.airflow_conn = (
             extra["base_url"],
-            extra["token_url"],
+            extra.get("auth_url") or extra["token_url"],  # the connection's token URL key (older: token_url)
             airflow_conn,
         )
         if not handle.base_url.startswith("http://127.0.0.1:"):

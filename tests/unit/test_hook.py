@@ -562,3 +562,17 @@ def test_create_is_resent_only_when_surely_refused(hook, requests_mock):
         hook.create_request(v1_payload())
     assert route.call_count == 1  # a 5xx may hide a created job: never resent blindly
     assert exc.value.status == 503 and getattr(exc.value, "retries_exhausted", False)
+
+
+def test_session_reads_proxy_and_ca_settings_from_the_environment_once(conn_env, monkeypatch):
+    """requests would scan the environment on every call; the hook's session takes the settings at creation."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/custom.pem")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = SentinelBatchHook().session
+    assert session.trust_env is False
+    assert session.proxies.get("https") == "http://proxy.example:3128"
+    assert session.verify == "/etc/ssl/custom.pem"
+    monkeypatch.setenv("NO_PROXY", "services.sentinel-hub.com")  # the base URL's host bypasses the proxy
+    assert "https" not in SentinelBatchHook().session.proxies
