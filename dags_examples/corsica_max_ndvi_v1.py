@@ -49,7 +49,7 @@ REQUEST_ID = "{{ ti.xcom_pull(task_ids='create', key='request_id') }}"
 # Lets a GET right after create that answers 404 (the service's read replica lags) be retried, not fatal.
 CREATED_AT = "{{ ti.xcom_pull(task_ids='create', key='created_at') }}"
 
-# The seed document's request, field for field (the evalscript comes from include/max_ndvi.js).
+# Sentinel Hub's batch-processing workflow example request, field for field (the evalscript comes from include/max_ndvi.js).
 PAYLOAD: dict[str, Any] = {
     "processRequest": {
         "input": {
