@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchValidationError
+from airflow_provider_sentinel_batch.validation import time_range_problems
 
 #: The value of ``api`` / ``api_version`` arguments that selects Batch Statistical.
 STATISTICAL = "statistical"
@@ -89,29 +89,7 @@ def _time_problems(time_range: Any) -> list[str]:
     where = "aggregation.timeRange"
     if not isinstance(time_range, Mapping):
         return [f"{where} is missing: {{'from': <ISO 8601 date-time>, 'to': <ISO 8601 date-time>}}"]
-    parsed: dict[str, datetime] = {}
-    problems = []
-    for key in ("from", "to"):
-        value = time_range.get(key)
-        if value is None:
-            problems.append(f"{where}.{key} is missing")
-            continue
-        try:
-            parsed[key] = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            hint = " (an unrendered template?)" if "{{" in str(value) or "{%" in str(value) else ""
-            problems.append(
-                f"{where}.{key} {value!r} is not an ISO 8601 date-time (e.g. '2024-04-01T00:00:00Z'){hint}"
-            )
-    if len(parsed) == 2:
-        start, end = parsed["from"], parsed["to"]
-        if (start.tzinfo is None) != (end.tzinfo is None):
-            problems.append(
-                f"{where}: 'from' and 'to' must both have a time zone (e.g. 'Z') or both lack one"
-            )
-        elif start >= end:
-            problems.append(f"{where}.from {time_range['from']!r} is not before to {time_range['to']!r}")
-    return problems
+    return time_range_problems(time_range, where, example="2024-04-01T00:00:00Z")
 
 
 def _evalscript_problems(aggregation: Mapping[str, Any]) -> list[str]:

@@ -93,6 +93,11 @@ def _time_range_problems(item: Mapping[str, Any], where: str) -> list[str]:
         return []
     if not isinstance(time_range, Mapping):
         return [f"{where} must be {{'from': <ISO 8601 date-time>, 'to': <ISO 8601 date-time>}}"]
+    return time_range_problems(time_range, where, example="2019-04-01T00:00:00Z")
+
+
+def time_range_problems(time_range: Mapping[str, Any], where: str, *, example: str) -> list[str]:
+    """Problems of a ``{'from', 'to'}`` range: both ISO 8601 date-times, the same time-zone style, from < to."""
     problems: list[str] = []
     parsed: dict[str, datetime] = {}
     for key in ("from", "to"):
@@ -104,9 +109,7 @@ def _time_range_problems(item: Mapping[str, Any], where: str) -> list[str]:
             parsed[key] = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             hint = " (an unrendered template?)" if "{{" in str(value) or "{%" in str(value) else ""
-            problems.append(
-                f"{where}.{key} {value!r} is not an ISO 8601 date-time (e.g. '2019-04-01T00:00:00Z'){hint}"
-            )
+            problems.append(f"{where}.{key} {value!r} is not an ISO 8601 date-time (e.g. '{example}'){hint}")
     if len(parsed) == 2:
         start, end = parsed["from"], parsed["to"]
         if (start.tzinfo is None) != (end.tzinfo is None):
