@@ -23,6 +23,18 @@ _PRESETS = (
     "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token)."
 )
 
+#: The connection form's layout: hidden standard fields, labels and placeholders (read by every Airflow line).
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "host", "extra"],
+    "relabeling": {"login": "Client ID", "password": "Client secret"},
+    "placeholders": {
+        "login": "OAuth client id",
+        "password": "OAuth client secret",
+        "base_url": "empty = the deployment's, e.g. https://services.sentinel-hub.com",
+        "auth_url": "empty = the deployment's token URL",
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """The provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
@@ -74,16 +86,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "sentinel_batch",
                 "hook-class-name": "airflow_provider_sentinel_batch.hooks.sentinel_batch.SentinelBatchHook",
                 "hook-name": "Sentinel Hub Batch",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "host", "extra"],
-                    "relabeling": {"login": "Client ID", "password": "Client secret"},
-                    "placeholders": {
-                        "login": "OAuth client id",
-                        "password": "OAuth client secret",
-                        "base_url": "empty = the deployment's, e.g. https://services.sentinel-hub.com",
-                        "auth_url": "empty = the deployment's token URL",
-                    },
-                },
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
                 "conn-fields": {
                     "deployment": {
                         "label": "Deployment",

@@ -1,4 +1,5 @@
-"""The Batch API's status vocabulary, per version, and the phases the tasks and the trigger reason with.
+"""The Batch API's status vocabulary, per version, the phases the tasks and the trigger reason with, and the
+list `search` rule of the service.
 
 Every module compares service statuses through the names here, never retyped literals. Unknown values from the
 server are passed through as plain strings (forward compatible), never crash.
@@ -143,3 +144,18 @@ def request_payload(api_version: str, request: Mapping[str, Any]) -> dict[str, A
         inner = request.get("request")
         return inner if isinstance(inner, dict) else {}
     return dict(request)
+
+
+def search_matches(text: str, search: str | None) -> bool:
+    """The list ``search`` rule of the service: ``|`` = OR, ``&`` = AND (binds tighter), case-insensitive substrings.
+
+    Used by the event watcher to filter list pages and by the emulator to answer ``search``.
+    """
+    if not search or not search.strip():
+        return True
+    low = text.lower()
+    for alternative in search.split("|"):
+        terms = [t.strip().lower() for t in alternative.split("&") if t.strip()]
+        if terms and all(t in low for t in terms):
+            return True
+    return False

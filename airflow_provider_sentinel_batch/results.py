@@ -112,23 +112,44 @@ def check_thresholds(manifest: Mapping[str, Any], options: ResultOptions, reques
     if not options.has_thresholds:
         return
     counts = manifest.get("counts") or {}
-    failed, total = int(counts.get("failed", 0)), int(counts.get("total", 0))
+    shown = manifest.get("failed") or []
+    raise_if_too_many_failed(
+        what=f"Batch request {request_id}",
+        request_id=request_id,
+        failed=int(counts.get("failed", 0)),
+        total=int(counts.get("total", 0)),
+        unit="tiles" if manifest.get("source") == TILES_SOURCE else "features",
+        samples=[
+            f"{f.get('name')}" + (f" ({f['error']})" if f.get("error") else "") for f in list(shown)[:10]
+        ],
+        max_failed_features=options.max_failed_features,
+        max_failed_fraction=options.max_failed_fraction,
+    )
+
+
+def raise_if_too_many_failed(
+    *,
+    what: str,
+    request_id: str,
+    failed: int,
+    total: int,
+    unit: str,
+    samples: list[str],
+    max_failed_features: int | None,
+    max_failed_fraction: float | None,
+) -> None:
+    """The failure-threshold rule shared by Batch manifests and Batch Statistical tables: raise
+    :class:`SentinelBatchJobError` naming the limits passed and up to ten failed items (``samples``)."""
     over = []
-    if options.max_failed_features is not None and failed > options.max_failed_features:
-        over.append(f"max_failed_features={options.max_failed_features}")
-    if options.max_failed_fraction is not None and total and failed / total > options.max_failed_fraction:
-        over.append(f"max_failed_fraction={options.max_failed_fraction:g} ({failed / total:.1%} failed)")
+    if max_failed_features is not None and failed > max_failed_features:
+        over.append(f"max_failed_features={max_failed_features}")
+    if max_failed_fraction is not None and total and failed / total > max_failed_fraction:
+        over.append(f"max_failed_fraction={max_failed_fraction:g} ({failed / total:.1%} failed)")
     if not over:
         return
-    unit = "tiles" if manifest.get("source") == TILES_SOURCE else "features"
-    shown = manifest.get("failed") or []
-    sample = ", ".join(
-        f"{f.get('name')}" + (f" ({f['error']})" if f.get("error") else "") for f in list(shown)[:10]
-    )
     more = f" and {failed - 10} more" if failed > 10 else ""
     raise SentinelBatchJobError(
-        f"Batch request {request_id}: {failed} of {total} {unit} failed, over {' and '.join(over)}. "
-        f"Failed: {sample}{more}",
+        f"{what}: {failed} of {total} {unit} failed, over {' and '.join(over)}. Failed: {', '.join(samples[:10])}{more}",
         request_id=request_id,
         status="FAILED_FEATURES",
     )

@@ -331,41 +331,55 @@ def _token_routes(app: FastAPI, st: EmulatorState) -> None:
         app.add_route(path, token, methods=["POST"], include_in_schema=True)
 
 
-def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
-    base = "/api/v1/batch"
+def _process_routes(app: FastAPI, st: EmulatorState, version: int, actions: dict[str, str]) -> str:
+    """The request routes both Batch versions share (create, list, get, update, actions); returns the base path.
+
+    ``actions`` maps a URL segment to the state's action name (v1 ``restartpartial`` is ``restart``).
+    """
+    base = f"/api/v{version}/batch"
 
     async def create(request: Request) -> Response:
         payload = await read_payload(request)
         await _create_delay(st)
-        return JSONResponse(st.create(1, payload, _overrides(request)), 201)
+        return JSONResponse(st.create(version, payload, _overrides(request)), 201)
 
     async def list_(request: Request) -> Response:
         q = request.query_params
-        items = st.list_jobs(
-            1,
-            search=q.get("search"),
-            sort=q.get("sort"),
-            user_id=q.get("userid") or q.get("userId"),
-            collection_id=q.get("collectionId"),
-        )
+        filters = {}
+        if version == 1:  # v2 lists have no user or collection filter
+            filters = {"user_id": q.get("userid") or q.get("userId"), "collection_id": q.get("collectionId")}
+        items = st.list_jobs(version, search=q.get("search"), sort=q.get("sort"), **filters)
         return JSONResponse(paginate(request, items))
 
     async def get(request: Request) -> Response:
-        return JSONResponse(st.get_view(1, request.path_params["id"]))
+        return JSONResponse(st.get_view(version, request.path_params["id"]))
 
     async def put(request: Request) -> Response:
-        return JSONResponse(st.update(1, request.path_params["id"], await read_payload(request)))
+        return JSONResponse(st.update(version, request.path_params["id"], await read_payload(request)))
+
+    def action(name: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            st.action(version, request.path_params["id"], name)
+            return _no_content()
+
+        return handler
+
+    app.add_route(f"{base}/process", create, methods=["POST"])
+    app.add_route(f"{base}/process", list_, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", get, methods=["GET"])
+    app.add_route(f"{base}/process/{{id}}", put, methods=["PUT"])
+    for segment, name in actions.items():
+        app.add_route(f"{base}/process/{{id}}/{segment}", action(name), methods=["POST"])
+    return base
+
+
+def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
+    actions = {"analyse": "analyse", "start": "start", "cancel": "cancel", "restartpartial": "restart"}
+    base = _process_routes(app, st, 1, actions)
 
     async def delete(request: Request) -> Response:
         st.delete(1, request.path_params["id"])
         return _no_content()
-
-    def action(name: str) -> Handler:
-        async def handler(request: Request) -> Response:
-            st.action(1, request.path_params["id"], name)
-            return _no_content()
-
-        return handler
 
     async def tiles(request: Request) -> Response:
         return JSONResponse(
@@ -378,18 +392,7 @@ def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
             raise ApiError(404, f"Tile {raw} not found.", "COMMON_NOT_FOUND")
         return JSONResponse(st.get_tile(request.path_params["id"], int(raw)))
 
-    app.add_route(f"{base}/process", create, methods=["POST"])
-    app.add_route(f"{base}/process", list_, methods=["GET"])
-    app.add_route(f"{base}/process/{{id}}", get, methods=["GET"])
-    app.add_route(f"{base}/process/{{id}}", put, methods=["PUT"])
     app.add_route(f"{base}/process/{{id}}", delete, methods=["DELETE"])
-    for path, name in (
-        ("analyse", "analyse"),
-        ("start", "start"),
-        ("cancel", "cancel"),
-        ("restartpartial", "restart"),
-    ):
-        app.add_route(f"{base}/process/{{id}}/{path}", action(name), methods=["POST"])
     app.add_route(f"{base}/process/{{id}}/tiles", tiles, methods=["GET"])
     app.add_route(f"{base}/process/{{id}}/tiles/{{tileId}}", tile, methods=["GET"])
 
@@ -418,36 +421,7 @@ def _v1_routes(app: FastAPI, st: EmulatorState) -> None:
 
 
 def _v2_routes(app: FastAPI, st: EmulatorState) -> None:
-    base = "/api/v2/batch"
-
-    async def create(request: Request) -> Response:
-        payload = await read_payload(request)
-        await _create_delay(st)
-        return JSONResponse(st.create(2, payload, _overrides(request)), 201)
-
-    async def list_(request: Request) -> Response:
-        q = request.query_params
-        return JSONResponse(paginate(request, st.list_jobs(2, search=q.get("search"), sort=q.get("sort"))))
-
-    async def get(request: Request) -> Response:
-        return JSONResponse(st.get_view(2, request.path_params["id"]))
-
-    async def put(request: Request) -> Response:
-        return JSONResponse(st.update(2, request.path_params["id"], await read_payload(request)))
-
-    def action(name: str) -> Handler:
-        async def handler(request: Request) -> Response:
-            st.action(2, request.path_params["id"], name)
-            return _no_content()
-
-        return handler
-
-    app.add_route(f"{base}/process", create, methods=["POST"])
-    app.add_route(f"{base}/process", list_, methods=["GET"])
-    app.add_route(f"{base}/process/{{id}}", get, methods=["GET"])
-    app.add_route(f"{base}/process/{{id}}", put, methods=["PUT"])
-    for name in ("analyse", "start", "stop"):
-        app.add_route(f"{base}/process/{{id}}/{name}", action(name), methods=["POST"])
+    _process_routes(app, st, 2, {"analyse": "analyse", "start": "start", "stop": "stop"})
 
 
 def _grid_routes(app: FastAPI) -> None:

@@ -196,14 +196,20 @@ class Job:
                 break
         st.outputs.sync(self, now)
 
+    def _due(self, name: str, now: float) -> float | None:
+        """The time of the scheduled transition ``name`` when it is due by ``now`` (then cleared), else None."""
+        at: float | None = getattr(self, name)
+        if at is None or now < at:
+            return None
+        setattr(self, name, None)
+        return at
+
     def _step(self, st: EmulatorState, now: float) -> bool:
         s = self.status
-        if s == "CREATED" and self.start_lag_until is not None and now >= self.start_lag_until:
-            t, self.start_lag_until = self.start_lag_until, None
+        if s == "CREATED" and (t := self._due("start_lag_until", now)) is not None:
             self._begin_analysis(st, t)
             return True
-        if s == "ANALYSING" and self.analysis_end is not None and now >= self.analysis_end:
-            t, self.analysis_end = self.analysis_end, None
+        if s == "ANALYSING" and (t := self._due("analysis_end", now)) is not None:
             if self.analysis_error:
                 self.error = self.analysis_error
                 self._set_status("FAILED", t)
@@ -221,12 +227,9 @@ class Job:
             if self.user_action == "START":
                 self.processing_start = t + st.timing.queue
             return True
-        if s == "ANALYSIS_DONE" and self.processing_start is not None and now >= self.processing_start:
-            t, self.processing_start = self.processing_start, None
-            self._enter_processing(st, t)
-            return True
-        if s == "PARTIAL" and self.restart_at is not None and now >= self.restart_at:
-            t, self.restart_at = self.restart_at, None
+        if (s == "ANALYSIS_DONE" and (t := self._due("processing_start", now)) is not None) or (
+            s == "PARTIAL" and (t := self._due("restart_at", now)) is not None
+        ):
             self._enter_processing(st, t)
             return True
         if s == "PROCESSING":

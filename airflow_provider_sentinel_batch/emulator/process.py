@@ -26,10 +26,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .config import DEFAULT_TIME_SCALE
+from .service import Service
 
 READY_LINE = re.compile(
     r"base_url=(?P<base>\S+) token_url=(?P<token>\S+) .*AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT='(?P<conn>.*)'\s*$"
@@ -46,7 +46,7 @@ def _terminate_when_orphaned() -> None:  # pragma: no cover - runs in the child 
         pass
 
 
-class EmulatorProcess:
+class EmulatorProcess(Service):
     """``python -m airflow_provider_sentinel_batch.emulator`` on 127.0.0.1 in a child process, with its control plane.
 
     :param time_scale: emulated seconds per real second.
@@ -171,14 +171,6 @@ class EmulatorProcess:
                 self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import S3Delivery
+from .service import Service
 
 REGION = "eu-central-1"
 
@@ -82,7 +83,7 @@ class S3Keys:
     secret_key: str = field(repr=False)
 
 
-class S3Server:
+class S3Server(Service):
     """A moto S3 server with IAM signature checks, on a free port of 127.0.0.1, in its own process."""
 
     def __init__(self, *, region: str = REGION) -> None:
@@ -159,12 +160,6 @@ class S3Server:
         finally:
             if proc.stdout:
                 proc.stdout.close()
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---------------------------------------------------------------------------------------------- access
     @property

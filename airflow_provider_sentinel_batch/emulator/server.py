@@ -8,14 +8,14 @@ import socket
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .config import EmulatorConfig, FaultConfig
+from .service import Service
 from .state import EmulatorState
 
 
-class EmulatorServer:
+class EmulatorServer(Service):
     """uvicorn serving ``create_app`` on ``config.host:config.port`` (port 0 = a free port).
 
     ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and, if the emulator made
@@ -93,14 +93,6 @@ class EmulatorServer:
             self._sock = None
         self._server = None
         self.state.cleanup()
-
-    def __enter__(self) -> EmulatorServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:

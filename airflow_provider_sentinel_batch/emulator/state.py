@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..models import search_matches
 from . import outputs as out
 from .auth import TokenIssuer
 from .config import BucketKeys, EmulatorConfig, FaultConfig, S3Delivery
@@ -76,18 +77,6 @@ def iso(epoch: float) -> str:
 @functools.lru_cache(maxsize=8192)
 def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def search_matches(text: str, search: str | None) -> bool:
-    """The list ``search``: ``|`` = OR, ``&`` = AND (binds tighter), case-insensitive substrings."""
-    if not search or not search.strip():
-        return True
-    low = text.lower()
-    for alternative in search.split("|"):
-        terms = [t.strip().lower() for t in alternative.split("&") if t.strip()]
-        if terms and all(t in low for t in terms):
-            return True
-    return False
 
 
 class OutputWriter:
@@ -894,4 +883,4 @@ def _last_tile_event(job: Job, now: float) -> float:
     return max(ends) if ends else job.last_updated_emu
 
 
-__all__ = ["GRIDS", "V1_STATUSES", "V2_STATUSES", "Clock", "EmulatorState", "iso", "search_matches"]
+__all__ = ["GRIDS", "V1_STATUSES", "V2_STATUSES", "Clock", "EmulatorState", "iso"]

@@ -456,6 +456,20 @@ def _v1_tiling_grid(body: dict[str, Any], err: _Errors) -> tuple[grids.TilingGri
     return None, 0.0, "tilingGrid"
 
 
+def _output_url(o: dict[str, Any], path: str, key: str | None, err: _Errors, problem: str) -> tuple[str, str]:
+    """An output's bucket URL: at ``key`` (v1 ``tilePath``) or at ``delivery->s3->url`` (v2); ``""`` and an
+    error at its path when it is not an ``s3://`` URL."""
+    if key is not None:
+        url_path, url = f"{path}->{key}", o.get(key)
+    else:
+        url_path = f"{path}->delivery->s3->url"
+        url = (_obj((_obj(o.get("delivery")) or {}).get("s3")) or {}).get("url")
+    if not isinstance(url, str) or not url.startswith("s3://") or len(url) <= len("s3://"):
+        err.add(url_path, problem)
+        return url_path, ""
+    return url_path, url
+
+
 def _raster_output(
     out: object, path: str, tile_path_key: str | None, responses: list[tuple[str, str]], err: _Errors
 ) -> str:
@@ -463,15 +477,10 @@ def _raster_output(
     if o is None:
         err.add(path, "must be an object")
         return ""
-    if tile_path_key is not None:
-        url_path, url = f"{path}->{tile_path_key}", o.get(tile_path_key)
-    else:
-        url_path = f"{path}->delivery->s3->url"
-        url = (_obj((_obj(o.get("delivery")) or {}).get("s3")) or {}).get("url")
-    if not isinstance(url, str) or not url.startswith("s3://") or len(url) <= len("s3://"):
-        err.add(url_path, "is required and must be an s3:// URL or path template")
-        url = ""
-    elif "<" in url:
+    url_path, url = _output_url(
+        o, path, tile_path_key, err, "is required and must be an s3:// URL or path template"
+    )
+    if "<" in url:
         unknown = [p for p in re.findall(r"<[^<>]*>", url) if p not in PLACEHOLDERS]
         if unknown:
             err.add(
@@ -514,14 +523,7 @@ def _zarr_output(
     if o is None:
         err.add(path, "must be an object")
         return ""
-    if path_key is not None:
-        url_path, url = f"{path}->{path_key}", o.get(path_key)
-    else:
-        url_path = f"{path}->delivery->s3->url"
-        url = (_obj((_obj(o.get("delivery")) or {}).get("s3")) or {}).get("url")
-    if not isinstance(url, str) or not url.startswith("s3://") or len(url) <= len("s3://"):
-        err.add(url_path, "is required and must be an s3:// URL")
-        url = ""
+    _, url = _output_url(o, path, path_key, err, "is required and must be an s3:// URL")
     if o.get("arrayParameters") is None and o.get("arrayParameter") is None:
         err.add(f"{path}->arrayParameters", "is required for zarr output")
     if geopackage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import threading
@@ -89,17 +90,11 @@ class SentinelBatchHook(BaseHook):
     # ----------------------------------------------------------------------------------- connection & auth
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Airflow < 3.2 form layout (3.2+ reads ``conn-fields`` from the provider info instead)."""
-        return {
-            "hidden_fields": ["schema", "port", "host", "extra"],
-            "relabeling": {"login": "Client ID", "password": "Client secret"},
-            "placeholders": {
-                "login": "OAuth client id",
-                "password": "OAuth client secret",
-                "base_url": "empty = the deployment's, e.g. https://services.sentinel-hub.com",
-                "auth_url": "empty = the deployment's token URL",
-            },
-        }
+        """The connection form's layout for Airflow < 3.2: the provider info's ``ui-field-behaviour`` (3.2+ reads
+        it and ``conn-fields`` from the provider info itself)."""
+        from airflow_provider_sentinel_batch.get_provider_info import UI_FIELD_BEHAVIOUR
+
+        return {key.replace("-", "_"): copy.deepcopy(value) for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:

@@ -169,21 +169,17 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
         return summary
 
     def _check_thresholds(self, rid: str, counts: Mapping[str, int], failed: list[dict[str, Any]]) -> None:
-        n_failed, total = counts["failed"], counts["features"]
-        over = []
-        if self.max_failed_features is not None and n_failed > self.max_failed_features:
-            over.append(f"max_failed_features={self.max_failed_features}")
-        if self.max_failed_fraction is not None and total and n_failed / total > self.max_failed_fraction:
-            over.append(f"max_failed_fraction={self.max_failed_fraction:g} ({n_failed / total:.1%} failed)")
-        if not over:
-            return
-        names = ", ".join(f"{f.get('identifier') or f.get('id')} ({f.get('error')})" for f in failed[:10])
-        more = f" and {n_failed - 10} more" if n_failed > 10 else ""
-        raise SentinelBatchJobError(
-            f"Batch Statistical request {rid}: {n_failed} of {total} features failed, over {' and '.join(over)}. "
-            f"Failed: {names}{more}",
+        from airflow_provider_sentinel_batch.results import raise_if_too_many_failed
+
+        raise_if_too_many_failed(
+            what=f"Batch Statistical request {rid}",
             request_id=rid,
-            status="FAILED_FEATURES",
+            failed=counts["failed"],
+            total=counts["features"],
+            unit="features",
+            samples=[f"{f.get('identifier') or f.get('id')} ({f.get('error')})" for f in failed[:10]],
+            max_failed_features=self.max_failed_features,
+            max_failed_fraction=self.max_failed_fraction,
         )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -39,6 +39,7 @@ except ImportError as _exc:  # Airflow 2.x
 
 from airflow_provider_sentinel_batch import statistical
 from airflow_provider_sentinel_batch.layout import location_of
+from airflow_provider_sentinel_batch.models import search_matches
 
 #: Statuses a watcher may wait for, per API (Batch Processing v1 / v2, Batch Statistical).
 WATCHABLE = {
@@ -51,18 +52,6 @@ STATE_KEY_PREFIX = "sentinel_batch_events"
 _STATE_VERSION = 1
 _MULTI_ASSET_ERROR = "concrete inlets and outlets"
 _DESCRIPTION_LIMIT = 500
-
-
-def search_matches(text: str, search: str | None) -> bool:
-    """The list ``search`` rule: ``|`` = OR, ``&`` = AND (binds tighter), case-insensitive substrings."""
-    if not search or not search.strip():
-        return True
-    low = text.lower()
-    for alternative in search.split("|"):
-        terms = [t.strip().lower() for t in alternative.split("&") if t.strip()]
-        if terms and all(t in low for t in terms):
-            return True
-    return False
 
 
 def parse_time(value: Any) -> float | None:
@@ -613,4 +602,4 @@ class SentinelBatchEventTrigger(BaseEventTrigger):
         self._saved = text
 
 
-__all__ = ["WATCHABLE", "SentinelBatchEventTrigger", "WatchState", "compact", "list_window", "search_matches"]
+__all__ = ["WATCHABLE", "SentinelBatchEventTrigger", "WatchState", "compact", "list_window"]

@@ -21,11 +21,11 @@ from .conftest import BASE, SECRET, TOKEN_URL
 if version("apache-airflow").startswith("2."):
     pytest.skip("asset watchers (BaseEventTrigger) exist from Airflow 3 on", allow_module_level=True)
 
+from airflow_provider_sentinel_batch.models import search_matches
 from airflow_provider_sentinel_batch.triggers.events import (
     SentinelBatchEventTrigger,
     WatchState,
     compact,
-    search_matches,
 )
 
 LIST_V2 = f"{BASE}/api/v2/batch/process"
