@@ -10,7 +10,7 @@ DAG with ``schedule=[Asset("s3://my-bucket/ndvi/")]`` reads them from ``triggeri
 (``triggering_dataset_events`` on 2.11). An ``AssetAlias`` (``DatasetAlias``) outlet instead gets one event for a
 *new* asset per request, ``Asset(<location>)``, with the same extra.
 
-**OpenLineage.** :func:`get_openlineage_facets_on_complete` (bound to the create/start operators and the sensor):
+**OpenLineage.** :func:`operator_lineage` (the create/start operators' and the sensor's ``get_openlineage_facets_on_complete``):
 inputs are the request's data collections (namespace ``sentinelhub://<deployment host>``, name = collection type)
 with area and time range in a ``sentinelHubInput`` dataset facet; the output is the delivery location
 (namespace ``s3://<bucket>``, name = the key prefix); run facets carry the request id (standard
@@ -22,17 +22,27 @@ Nothing here puts a request payload, bucket key or token into events, facets or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from airflow_provider_sentinel_batch.layout import output_layout
 from airflow_provider_sentinel_batch.manifest import TILES_SOURCE
 from airflow_provider_sentinel_batch.models import cost_of, request_payload, v1_tile_counts
 
-REQUEST_ATTR = "_sentinel_batch_lineage_request"
-RESULT_ATTR = "_sentinel_batch_lineage_result"
 NAMESPACE_SCHEME = "sentinelhub"
+log = logging.getLogger(__name__)
+
+
+class TaskLog(Protocol):
+    """The part of a task's logger this module writes to (Airflow 2's ``logging.Logger``, Airflow 3's logger)."""
+
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+
 
 _EXTRA_KEYS = ("request_id", "api_version", "status", "location", "cost_pu", "partial", "dashboard_url")
 
@@ -118,22 +128,30 @@ def _with_time_range(payload: Mapping[str, Any]) -> list[Any]:
     return items
 
 
-def remember_request(op: Any, request_id: str, request: Mapping[str, Any] | None) -> None:
-    """Keep the credential-free facts of the request on the task object, for lineage at completion."""
-    try:
-        setattr(op, REQUEST_ATTR, request_facts(op.version, request, request_id))
-    except Exception as exc:  # lineage is a by-product: never fail a task for it
-        op.log.debug("Could not keep lineage facts of %s: %s", request_id, exc)
+@dataclass
+class LineageNotes:
+    """What a task learnt of its request (credential-free facts) and of its result, kept for OpenLineage."""
 
+    request: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
 
-def remember_result(op: Any, summary: Mapping[str, Any], request: Mapping[str, Any] | None) -> None:
-    """Keep the summary a waiting task returns (and the facts of its request) on the task, for lineage."""
-    try:
-        facts = request_facts(op.version, request, str(summary.get("request_id"))) if request else {}
-        setattr(op, REQUEST_ATTR, facts or getattr(op, REQUEST_ATTR, None))
-        setattr(op, RESULT_ATTR, dict(summary))
-    except Exception as exc:
-        op.log.debug("Could not keep lineage facts: %s", exc)
+    def remember_request(self, api_version: str, request_id: str, request: Mapping[str, Any] | None) -> None:
+        """Keep the credential-free facts of the request."""
+        try:
+            self.request = request_facts(api_version, request, request_id)
+        except Exception as exc:  # lineage is a by-product: never fail a task for it
+            log.debug("Could not keep lineage facts of %s: %s", request_id, exc)
+
+    def remember_result(
+        self, api_version: str, summary: Mapping[str, Any], request: Mapping[str, Any] | None
+    ) -> None:
+        """Keep the summary a waiting task returns (and the facts of its request, when it read the request)."""
+        try:
+            facts = request_facts(api_version, request, str(summary.get("request_id"))) if request else {}
+            self.request = facts or self.request
+            self.result = dict(summary)
+        except Exception as exc:
+            log.debug("Could not keep lineage facts: %s", exc)
 
 
 # ------------------------------------------------------------------------------------------ assets
@@ -167,17 +185,18 @@ def _asset_classes() -> tuple[Any, Any]:
     return Asset, AssetAlias
 
 
-def emit_asset_events(op: Any, context: Any, extra: Mapping[str, Any]) -> list[str]:
-    """Attach ``extra`` to the events of the task's asset outlets; add a per-request asset to alias outlets.
+def emit_asset_events(
+    outlets: Sequence[Any], context: Any, extra: Mapping[str, Any], task_log: TaskLog
+) -> list[str]:
+    """Attach ``extra`` to the events of a task's asset ``outlets``; add a per-request asset to alias outlets.
 
     Returns a description of what was attached (for logs and tests).
     """
-    outlets = list(getattr(op, "outlets", None) or [])
     if not outlets:
         return []
     events = context.get("outlet_events") if hasattr(context, "get") else None
     if events is None:
-        op.log.warning("No outlet_events in the task context: asset events carry no request details")
+        task_log.warning("No outlet_events in the task context: asset events carry no request details")
         return []
     asset_cls, alias_cls = _asset_classes()
     done = []
@@ -185,7 +204,7 @@ def emit_asset_events(op: Any, context: Any, extra: Mapping[str, Any]) -> list[s
         if isinstance(outlet, alias_cls):
             location = extra.get("location")
             if not location:
-                op.log.warning("No output location known: nothing to add to asset alias %s", outlet.name)
+                task_log.warning("No output location known: nothing to add to asset alias %s", outlet.name)
                 continue
             events[outlet].add(asset_cls(str(location)), extra=dict(extra))
             done.append(f"alias {outlet.name} -> {location}")
@@ -193,14 +212,14 @@ def emit_asset_events(op: Any, context: Any, extra: Mapping[str, Any]) -> list[s
             events[outlet].extra.update(dict(extra))
             done.append(f"asset {outlet.uri}")
     if done:
-        op.log.info("Asset events with request %s: %s", extra.get("request_id"), "; ".join(done))
+        task_log.info("Asset events with request %s: %s", extra.get("request_id"), "; ".join(done))
     return done
 
 
-def warn_outlets_before_done(op: Any, wait_for: str) -> None:
+def warn_outlets_before_done(outlets: Sequence[Any], wait_for: str, task_log: TaskLog) -> None:
     """Warn that outlets on a task that waited for less than DONE get Airflow's plain event, without details."""
-    if getattr(op, "outlets", None):
-        op.log.warning(
+    if outlets:
+        task_log.warning(
             "This task has outlets but waited for %s, not DONE: Airflow emits its asset events anyway, "
             "without request details. Put outlets on the task that waits for DONE.",
             wait_for,
@@ -222,32 +241,38 @@ def s3_dataset_name(location: str) -> tuple[str, str]:
     return f"{parsed.scheme}://{bucket}", name
 
 
-def _facts_for_lineage(op: Any, task_instance: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    facts = dict(getattr(op, REQUEST_ATTR, None) or {})
-    result = dict(getattr(op, RESULT_ATTR, None) or {})
-    request_id = facts.get("request_id") or result.get("request_id") or getattr(op, "request_id", None)
-    if not request_id and task_instance is not None:
-        try:
-            request_id = task_instance.xcom_pull(task_ids=op.task_id, key="request_id")
-        except Exception:
-            request_id = None
+def _completed_facts(
+    notes: LineageNotes,
+    api_version: str,
+    request_id: str | None,
+    read_request: Callable[[str], Mapping[str, Any]],
+) -> dict[str, Any]:
+    facts = dict(notes.request)
+    request_id = facts.get("request_id") or notes.result.get("request_id") or request_id
     if not facts.get("collections") and request_id:
         try:  # the task ended before it read the request (e.g. failed early): one GET, never fatal
-            request = op.hook.get_request(str(request_id))
-            facts = request_facts(op.version, request, str(request_id))
+            facts = request_facts(api_version, read_request(str(request_id)), str(request_id))
         except Exception as exc:
-            op.log.debug("OpenLineage: could not read request %s: %s", request_id, exc)
+            log.debug("OpenLineage: could not read request %s: %s", request_id, exc)
     if request_id and not facts.get("request_id"):
         facts["request_id"] = str(request_id)
-    return facts, result
+    return facts
 
 
-def get_openlineage_facets_on_complete(self: Any, task_instance: Any) -> Any:
-    """OpenLineage facets of the batch request this task created, started or waited for.
+def operator_lineage(
+    notes: LineageNotes,
+    *,
+    api_version: str,
+    base_url: str | None,
+    request_id: str | None,
+    read_request: Callable[[str], Mapping[str, Any]],
+) -> Any:
+    """OpenLineage facets of a task's batch request: an ``OperatorLineage``.
 
-    Bound as a method on the operators and the sensor. Inputs: the data collections (with area and time); output:
-    the delivery location; run facets: ``externalQuery`` (request id) and ``sentinelBatch`` (API version, status,
-    cost, tile/feature counts, dashboard URL).
+    Inputs: the data collections (with area and time); output: the delivery location; run facets:
+    ``externalQuery`` (request id) and ``sentinelBatch`` (API version, status, cost, tile/feature counts, dashboard
+    URL). ``request_id`` is the task's own when the notes have none; ``read_request`` is called at most once, when
+    the notes lack the request's facts.
     """
     from airflow.providers.common.compat.openlineage.facet import (
         ExternalQueryRunFacet,
@@ -262,14 +287,10 @@ def get_openlineage_facets_on_complete(self: Any, task_instance: Any) -> Any:
         SentinelHubInputDatasetFacet,
     )
 
-    facts, result = _facts_for_lineage(self, task_instance)
+    facts, result = _completed_facts(notes, api_version, request_id, read_request), notes.result
     request_id = facts.get("request_id")
     if not request_id:
         return OperatorLineage()
-    try:
-        base_url = self.hook.settings.base_url
-    except Exception:
-        base_url = None
     namespace = namespace_for(base_url)
 
     inputs = []
@@ -305,7 +326,7 @@ def get_openlineage_facets_on_complete(self: Any, task_instance: Any) -> Any:
     counts = (results or {}).get("counts") or {}
     run_facet = SentinelBatchRunFacet(
         requestId=str(request_id),
-        apiVersion=str(facts.get("api_version") or self.version),
+        apiVersion=str(facts.get("api_version") or api_version),
         status=result.get("status") or facts.get("status"),
         costPU=result.get("cost_pu") if result.get("cost_pu") is not None else facts.get("cost_pu"),
         deployment=namespace,

@@ -94,7 +94,43 @@ class SentinelBatchTask(BaseOperator):
         # web pages only: the UI drops links that are not http(s) (an s3:// location would not show)
         links = {"dashboard": self.hook.dashboard_url(request_id), "output": self.hook.output_page(location)}
         ti.xcom_push(key=LINKS_KEY, value=links)
-        lineage.remember_request(self, request_id, request)  # credential-free facts for OpenLineage
+        self.lineage_notes.remember_request(
+            self.version, request_id, request
+        )  # credential-free, for OpenLineage
+
+    @cached_property
+    def lineage_notes(self) -> lineage.LineageNotes:
+        """What this task learnt of its request and result, for OpenLineage at completion."""
+        return lineage.LineageNotes()
+
+
+class ReportsLineage(SentinelBatchTask):
+    """A task whose completion reports its request's lineage to OpenLineage (create, start, the sensor)."""
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage facets of the batch request this task created, started or waited for."""
+        notes = self.lineage_notes
+        request_id = (
+            notes.request.get("request_id")
+            or notes.result.get("request_id")
+            or getattr(self, "request_id", None)
+        )
+        if not request_id and task_instance is not None:
+            try:
+                request_id = task_instance.xcom_pull(task_ids=self.task_id, key="request_id")
+            except Exception:
+                request_id = None
+        try:
+            api_version, base_url = self.version, self.hook.settings.base_url
+        except Exception:  # lineage never fails a task: an unreadable connection gives what the notes hold
+            api_version, base_url = self.api_version or "", None
+        return lineage.operator_lineage(
+            notes,
+            api_version=api_version,
+            base_url=base_url,
+            request_id=request_id,
+            read_request=lambda rid: self.hook.get_request(rid),
+        )
 
 
 class WaitsForBatch(SentinelBatchTask):
@@ -359,8 +395,8 @@ class WaitsForBatch(SentinelBatchTask):
     def _deliver(self, context: Context, summary: dict[str, Any], wait_for: str) -> dict[str, Any]:
         """After a successful wait: the result manifest and thresholds (DONE only), asset events, lineage facts."""
         if wait_for != Status.DONE:
-            lineage.warn_outlets_before_done(self, wait_for)
-            lineage.remember_result(self, summary, None)
+            lineage.warn_outlets_before_done(self.outlets, wait_for, self.log)
+            self.lineage_notes.remember_result(self.version, summary, None)
             return summary
         options = self.result_options
         request_id = str(summary.get("request_id"))
@@ -384,8 +420,8 @@ class WaitsForBatch(SentinelBatchTask):
         )
         if manifest is not None:
             summary[results.RESULTS_KEY] = manifest
-        lineage.emit_asset_events(self, context, lineage.asset_extra(summary))
-        lineage.remember_result(self, summary, request)
+        lineage.emit_asset_events(self.outlets, context, lineage.asset_extra(summary), self.log)
+        self.lineage_notes.remember_result(self.version, summary, request)
         return summary
 
     def _failed_tiles(self, request_id: str, limit: int = 20) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowSkipException
 
-from airflow_provider_sentinel_batch import identity, lineage
+from airflow_provider_sentinel_batch import identity
 from airflow_provider_sentinel_batch.exceptions import (
     SentinelBatchAPIError,
     SentinelBatchConfigError,
@@ -37,6 +37,7 @@ from airflow_provider_sentinel_batch.models import (
 from airflow_provider_sentinel_batch.waiting import describe, failure_message, summarize
 from airflow_provider_sentinel_batch.waiting_task import (
     REQUEST_TEMPLATE_FIELDS,
+    ReportsLineage,
     SentinelBatchTask,
     WaitsForBatch,
 )
@@ -58,7 +59,7 @@ def idempotency_tag(context: Context) -> str:
     return identity.task_tag(context)
 
 
-class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
+class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
     """Create a batch request (v1, v2 or Batch Statistical) from a payload; retries and reruns re-attach instead
     of paying twice.
 
@@ -115,8 +116,6 @@ class SentinelBatchCreateOperator(SentinelBatchBaseOperator):
         self.reuse_existing = reuse_existing
         self.stop_superseded = stop_superseded
         self.validate = validate
-
-    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def _build_payload(self, tag: str) -> dict[str, Any]:
         payload = self.payload
@@ -366,10 +365,8 @@ class SentinelBatchAnalyseOperator(_RequestOperator):
         return self.request_id
 
 
-class SentinelBatchStartOperator(_RequestOperator):
+class SentinelBatchStartOperator(ReportsLineage, _RequestOperator):
     """Start processing (this costs PU). Refuses on v1 when ``valueEstimate / 3`` exceeds ``max_cost_pu``."""
-
-    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def execute(self, context: Context) -> Any:
         """Send START unless started (cost guard first); optionally wait for DONE."""

@@ -13,13 +13,13 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
 )
 
-from airflow_provider_sentinel_batch import lineage
 from airflow_provider_sentinel_batch.links import SentinelBatchDashboardLink, SentinelBatchOutputLink
 from airflow_provider_sentinel_batch.models import Status
 from airflow_provider_sentinel_batch.waiting import Outcome, Watch
 from airflow_provider_sentinel_batch.waiting_task import (
     DEFAULT_CONN_ID,
     REQUEST_TEMPLATE_FIELDS,
+    ReportsLineage,
     WaitsForBatch,
 )
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
 
-class SentinelBatchSensor(WaitsForBatch, BaseSensorOperator):
+class SentinelBatchSensor(ReportsLineage, WaitsForBatch, BaseSensorOperator):
     """Wait until a batch request reaches ``wait_for`` (``ANALYSIS_DONE`` or ``DONE``).
 
     Fails fast on FAILED / CANCELED (v1) or FAILED / STOPPED (v2) quoting the service's ``error`` and
@@ -44,7 +44,6 @@ class SentinelBatchSensor(WaitsForBatch, BaseSensorOperator):
 
     template_fields: Sequence[str] = REQUEST_TEMPLATE_FIELDS
     operator_extra_links = (SentinelBatchDashboardLink(), SentinelBatchOutputLink())
-    get_openlineage_facets_on_complete = lineage.get_openlineage_facets_on_complete
 
     def __init__(
         self,

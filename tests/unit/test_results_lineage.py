@@ -276,10 +276,13 @@ def test_emit_asset_events_fills_assets_and_adds_to_aliases():
     from airflow.providers.common.compat.sdk import Asset, AssetAlias
 
     product, alias = Asset("s3://b/ndvi"), AssetAlias("sentinel-batch")
-    op = SimpleNamespace(outlets=[product, alias], log=SimpleNamespace(info=print, warning=print))
+    task_log = SimpleNamespace(info=print, warning=print)
     events = FakeEvents()
     done = lineage.emit_asset_events(
-        op, {"outlet_events": events}, {"request_id": RID, "location": "s3://b/ndvi/x/"}
+        [product, alias],
+        {"outlet_events": events},
+        {"request_id": RID, "location": "s3://b/ndvi/x/"},
+        task_log,
     )
     assert len(done) == 2
     assert events[product].extra == {"request_id": RID, "location": "s3://b/ndvi/x/"}
