@@ -21,7 +21,6 @@ not exercised.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,35 +165,11 @@ def run_existing_dag_run(
     env: Mapping[str, str] | None = None,
 ) -> DagRunResult:
     """Execute the already created run ``run_id`` with ``dag.test()``'s task loop (instead of a new manual run)."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-    from sqlalchemy import select
-
-    harness.ensure_airflow_db()
-    path = harness.place_files(dag_file, dag_id, list(support_files))
-
-    def existing_run(*args: Any, **kwargs: Any) -> Any:
-        session = kwargs["session"]
-        run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
-        run.state = DagRunState.RUNNING
-        session.commit()
-        run.dag = kwargs["dag"]  # what the real helper's create_dagrun() sets
-        return run
-
-    if AIRFLOW_V_3:
-        target = "airflow.models.dagrun.get_or_create_dagrun"
-    else:
-        target = "airflow.models.dag._get_or_create_dagrun"
-    with mock.patch.dict(os.environ, dict(env or {})):
-        dag = harness._load_dag(path, dag_id)
-        capture = harness._Capture()
-        started = time.monotonic()
-        with harness._capturing(capture), mock.patch(target, existing_run):
-            dag.test()
-        duration = time.monotonic() - started
-    with create_session() as session:
-        assert session.scalars(
-            select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
-        ).one()
-    return harness._read_results(dag_id, run_id, capture, duration)
+    return harness.run_dag(
+        dag_file,
+        dag_id,
+        support_files=support_files,
+        env=env,
+        disable_retries=False,
+        existing_run_id=run_id,
+    )

@@ -424,6 +424,7 @@ def run_dag(
     env: Mapping[str, str] | None = None,
     support_files: Iterable[Path | str] = (),
     disable_retries: bool = True,
+    existing_run_id: str | None = None,
 ) -> DagRunResult:
     """Run one DAG run with ``dag.test()`` in this process and report what happened.
 
@@ -435,6 +436,8 @@ def run_dag(
         ``monkeypatch.setenv`` works as well.
     :param support_files: files or directories copied next to the DAG file (e.g. ``include/``).
     :param disable_retries: set every task's ``retries`` to 0 so failures end the run immediately.
+    :param existing_run_id: execute this already created run (e.g. one the scheduler created for an asset
+        event) with ``dag.test()``'s task loop, instead of a new manual run.
     :raises DagImportError: the file did not import or lacks ``dag_id``.
     """
     ensure_airflow_db()
@@ -449,10 +452,37 @@ def run_dag(
         if logical_date is not None:
             kwargs["logical_date" if AIRFLOW_V_3 else "execution_date"] = logical_date
         started = time.monotonic()
-        with _capturing(capture):
+        with _capturing(capture), _existing_run(dag.dag_id, existing_run_id):
             dag_run = dag.test(**kwargs)
         duration = time.monotonic() - started
-    return _read_results(dag.dag_id, dag_run.run_id, capture, duration)
+    return _read_results(dag.dag_id, existing_run_id or dag_run.run_id, capture, duration)
+
+
+@contextmanager
+def _existing_run(dag_id: str, run_id: str | None) -> Iterator[None]:
+    """While active, ``dag.test()`` runs the existing run ``run_id`` instead of creating one (no-op for None)."""
+    if run_id is None:
+        yield
+        return
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    def existing_run(*args: Any, **kwargs: Any) -> Any:
+        session = kwargs["session"]
+        run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
+        run.state = DagRunState.RUNNING
+        session.commit()
+        run.dag = kwargs["dag"]  # what the real helper's create_dagrun() sets
+        return run
+
+    target = (
+        "airflow.models.dagrun.get_or_create_dagrun"
+        if AIRFLOW_V_3
+        else "airflow.models.dag._get_or_create_dagrun"
+    )
+    with mock.patch(target, existing_run):
+        yield
 
 
 # ------------------------------------------------------------------------------------- example DAGs

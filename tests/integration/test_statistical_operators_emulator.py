@@ -72,14 +72,11 @@ def dag_source(
 
 
 @pytest.fixture
-def emulator(sentinel_batch_emulator, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", sentinel_batch_emulator.airflow_conn_json("v2"))
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_STAT_BUCKET",
-        json.dumps({"conn_type": "aws", "login": "stat-access-key", "password": BUCKET_SECRET}),
-    )
-    write_parcels(sentinel_batch_emulator.data_dir, count=8)
-    return sentinel_batch_emulator
+def stat_emulator(emulator):
+    """The shared emulator, the ``stat_bucket`` connection with the bucket keys, and eight parcels to read."""
+    server = emulator("v2", bucket_keys=("stat-access-key", BUCKET_SECRET), bucket_conn_id="stat_bucket")
+    write_parcels(server.data_dir, count=8)
+    return server
 
 
 def assert_no_secret(result) -> None:
@@ -88,8 +85,8 @@ def assert_no_secret(result) -> None:
         assert BUCKET_SECRET not in json.dumps(task.xcom, default=str), task.task_id
 
 
-def test_success_with_results_counts(dag_runner, emulator):
-    wait = f", results_url={emulator.data_dir.as_uri()!r}, max_failed_fraction=0.1"
+def test_success_with_results_counts(dag_runner, stat_emulator):
+    wait = f", results_url={stat_emulator.data_dir.as_uri()!r}, max_failed_fraction=0.1"
     result = dag_runner(dag_source("stat_ok", wait=wait), "stat_ok")
     assert result.succeeded, result.describe()
     assert result.task_states["stop_on_failure"] == "skipped"
@@ -101,15 +98,15 @@ def test_success_with_results_counts(dag_runner, emulator):
     assert summary["results"]["counts"] == {"total": 8, "done": 8, "failed": 0, "pending": 0}
     assert summary["results"]["rows"] > 0
     assert "cost" in result.log("wait") and "% complete" in result.log("wait")
-    assert emulator.stats()["jobs_created"] == 1
-    sent = emulator.state.stat_requests[rid].body
+    assert stat_emulator.stats()["jobs_created"] == 1
+    sent = stat_emulator.state.stat_requests[rid].body
     assert sent["output"]["s3"]["secretAccessKey"] == BUCKET_SECRET  # put in at run time, from the connection
     assert sent["input"]["features"]["s3"]["accessKey"] == "stat-access-key"
     assert_no_secret(result)
 
 
-def test_failed_analysis_fails_the_wait(dag_runner, emulator):
-    emulator.state.queue_job_overrides(analysis_error="the GeoPackage has no polygons")
+def test_failed_analysis_fails_the_wait(dag_runner, stat_emulator):
+    stat_emulator.state.queue_job_overrides(analysis_error="the GeoPackage has no polygons")
     result = dag_runner(dag_source("stat_failed"), "stat_failed")
     assert not result.succeeded
     assert result.task_states["analyse"] == "failed"
@@ -118,41 +115,43 @@ def test_failed_analysis_fails_the_wait(dag_runner, emulator):
 
 
 @pytest.mark.sentinel_batch_emulator(time_scale=10)
-def test_user_stop_fails_the_wait(dag_runner, emulator):
-    write_parcels(emulator.data_dir, count=40)  # still processing when someone stops it
+def test_user_stop_fails_the_wait(dag_runner, stat_emulator):
+    write_parcels(stat_emulator.data_dir, count=40)  # still processing when someone stops it
     result = dag_runner(dag_source("stat_user_stop", middle=">> someone_stops(RID) "), "stat_user_stop")
     assert result.task_states["wait"] == "failed", result.describe()
     assert "ended STOPPED (stoppedStatusReason USER_ACTION)" in result.log("wait")
-    assert emulator.state.stat_requests[result.xcom("create")].status == "STOPPED"
+    assert stat_emulator.state.stat_requests[result.xcom("create")].status == "STOPPED"
 
 
-def test_out_of_pu_fails_the_wait(dag_runner, emulator):
-    emulator.state.set_pu_budget(1000.01)  # enough to create and start; processing drops below 1000 at once
+def test_out_of_pu_fails_the_wait(dag_runner, stat_emulator):
+    stat_emulator.state.set_pu_budget(
+        1000.01
+    )  # enough to create and start; processing drops below 1000 at once
     result = dag_runner(dag_source("stat_oop"), "stat_oop")
     assert result.task_states["wait"] == "failed", result.describe()
     assert "ended STOPPED (stoppedStatusReason OUT_OF_PU)" in result.log("wait")
 
 
 @pytest.mark.sentinel_batch_emulator(time_scale=50)
-def test_cost_budget_stops_the_job(dag_runner, emulator):
-    write_parcels(emulator.data_dir, count=40)
+def test_cost_budget_stops_the_job(dag_runner, stat_emulator):
+    write_parcels(stat_emulator.data_dir, count=40)
     result = dag_runner(dag_source("stat_cost", wait=", max_cost_pu=0.001"), "stat_cost")
     assert result.task_states["wait"] == "failed", result.describe()
     assert "over max_cost_pu=0.001" in result.log("wait")
-    calls = emulator.stats()["calls"]
+    calls = stat_emulator.stats()["calls"]
     assert calls.get("POST /api/v1/statistics/batch/{id}/stop", 0) >= 1, calls
-    assert emulator.state.stat_requests[result.xcom("create")].status == "STOPPED"
+    assert stat_emulator.state.stat_requests[result.xcom("create")].status == "STOPPED"
 
 
-def test_too_many_failed_features_fail_the_wait(dag_runner, emulator):
-    emulator.state.queue_job_overrides(tile_failure_rate=0.5)
-    wait = f", results_url={emulator.data_dir.as_uri()!r}, max_failed_fraction=0.1"
+def test_too_many_failed_features_fail_the_wait(dag_runner, stat_emulator):
+    stat_emulator.state.queue_job_overrides(tile_failure_rate=0.5)
+    wait = f", results_url={stat_emulator.data_dir.as_uri()!r}, max_failed_fraction=0.1"
     result = dag_runner(dag_source("stat_threshold", wait=wait), "stat_threshold")
     assert result.task_states["wait"] == "failed", result.describe()
     assert "4 of 8 features failed, over max_failed_fraction=0.1 (50.0% failed)" in result.log("wait")
 
 
-def test_retried_create_reattaches(dag_runner, emulator):
+def test_retried_create_reattaches(dag_runner, stat_emulator):
     source = dag_source("stat_crash", create="CrashOnce").replace(
         'task_id="create", payload=PAYLOAD',
         'task_id="create", payload=PAYLOAD, retries=1, retry_delay=timedelta(0)',
@@ -160,5 +159,5 @@ def test_retried_create_reattaches(dag_runner, emulator):
     result = dag_runner(source, "stat_crash", disable_retries=False)
     assert result.succeeded, result.describe()
     assert result.task("create").try_number == 2
-    assert emulator.stats()["jobs_created"] == 1
+    assert stat_emulator.stats()["jobs_created"] == 1
     assert "Re-attaching to batch request" in result.log("create")
