@@ -31,8 +31,6 @@ PUBLISHED_EVALSCRIPT_FLAT = (
     "samples.length; i++) {var ndvi = calcNDVI(samples[i])max = ndvi > max ? ndvi : max}ndvi = maxreturn "
     "visualizer.process(ndvi)}"
 )
-# A plain-text copy of that page, on machines that keep one beside the checkout (checked when present).
-PUBLISHED_EXAMPLES_COPY = ROOT.parent / "shared" / "seed" / "batch-processing-workflow-examples.txt"
 
 
 def process_request(
