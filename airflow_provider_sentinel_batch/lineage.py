@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 class TaskLog(Protocol):
     """The part of a task's logger this module writes to (Airflow 2's ``logging.Logger``, Airflow 3's logger)."""
 
-    def info(self, msg: Any, /, *args: Any) -> Any: ...
+    def info(self, msg: Any, /, *args: Any) -> Any:
+        """Log ``msg % args`` at INFO level."""
 
-    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+    def warning(self, msg: Any, /, *args: Any) -> Any:
+        """Log ``msg % args`` at WARNING level."""
 
 
 _EXTRA_KEYS = ("request_id", "api_version", "status", "location", "cost_pu", "partial", "dashboard_url")

@@ -59,6 +59,7 @@ FAULT_FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sentinel-batch-emulator`` command line: server, credentials, S3 delivery, rate limits, faults."""
     p = argparse.ArgumentParser(
         prog="sentinel-batch-emulator",
         description="Local emulator of the Sentinel Hub Batch Processing API (v1 + v2), OAuth and faults.",
@@ -122,6 +123,7 @@ def s3_from_args(args: argparse.Namespace) -> S3Delivery | None:
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """The :class:`EmulatorConfig` the parsed flags ask for (not validated yet); unset fault flags stay off."""
     faults = FaultConfig(no_retry_after=args.fault_429_no_retry_after)
     changes = {}
     for flag, (field, _, _) in FAULT_FLAGS.items():
@@ -150,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM; exit code 2 for bad flags, 1 if it cannot listen or dies."""
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

@@ -54,6 +54,7 @@ class TokenIssuer:
         self._cache: dict[str, tuple[float, int, str]] = {}
 
     def credentials_ok(self, client_id: str | None, client_secret: str | None) -> bool:
+        """True if the pair is the configured client's (compared in constant time)."""
         return (
             client_id is not None
             and client_secret is not None
@@ -141,6 +142,7 @@ class TokenIssuer:
         return claims if isinstance(claims, dict) else None
 
     def revoke_all(self) -> None:
+        """Reject every token issued so far (the next API call with one gets 401); new tokens work."""
         with self._lock:
             self.generation += 1
             self._cache.clear()

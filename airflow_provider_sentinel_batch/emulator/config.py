@@ -87,10 +87,12 @@ class FaultConfig:
             raise ValueError("fault token_lifetime must be positive")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (the control plane's ``/_emulator/faults`` answer and the stats)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def field_names(cls) -> set[str]:
+        """The field names :meth:`updated` accepts."""
         return {f.name for f in dataclasses.fields(cls)}
 
     def updated(self, **changes: Any) -> FaultConfig:
@@ -126,6 +128,7 @@ class S3Delivery:
     policy_secret_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
+        """Raise ``ValueError`` for a non-http(s) endpoint or half a policy key pair."""
         if not self.endpoint_url.startswith(("http://", "https://")):
             raise ValueError(f"s3 endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
         if bool(self.policy_access_key) != bool(self.policy_secret_key):
@@ -133,6 +136,7 @@ class S3Delivery:
 
     @property
     def policy_keys(self) -> BucketKeys | None:
+        """The bucket-policy stand-in keys, or ``None`` when not both are set."""
         if self.policy_access_key and self.policy_secret_key:
             return BucketKeys(self.policy_access_key, self.policy_secret_key)
         return None
@@ -176,6 +180,10 @@ class EmulatorConfig:
     access_log: bool = False
 
     def validate(self) -> None:
+        """Raise ``ValueError`` on a setting the emulator cannot run with (faults, rate limits and S3 included).
+
+        A non-loopback ``host`` is refused unless ``allow_remote_bind``: the emulator takes public credentials.
+        """
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.token_lifetime <= 0:

@@ -7,6 +7,7 @@ from typing import Any
 
 
 def reason_phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status (``"Not Found"``), ``"Error"`` for an unknown code."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -47,18 +48,22 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
+        """The JSON error body this error answers with."""
         return error_body(self.status, self.message, self.code, self.errors)
 
 
 def bad_payload(message: str, errors: list[dict[str, str]] | None = None) -> ApiError:
+    """A 400 ``COMMON_BAD_PAYLOAD`` error (``errors``: per-field problems, if any)."""
     return ApiError(400, message, "COMMON_BAD_PAYLOAD", errors)
 
 
 def not_found(message: str) -> ApiError:
+    """A 404 ``COMMON_NOT_FOUND`` error."""
     return ApiError(404, message, "COMMON_NOT_FOUND")
 
 
 def conflict(message: str) -> ApiError:
+    """A 409 for an update or delete the job's status forbids (the service's code: ``COMMON_BAD_PAYLOAD``)."""
     return ApiError(409, message, "COMMON_BAD_PAYLOAD")
 
 
@@ -69,5 +74,6 @@ UNAUTHORIZED_MESSAGE = (
 
 
 def unauthorized(detail: str | None = None) -> ApiError:
+    """A 401 ``COMMON_UNAUTHORIZED`` with ``WWW-Authenticate: Bearer``; ``detail``: what is wrong."""
     message = UNAUTHORIZED_MESSAGE if detail is None else f"{UNAUTHORIZED_MESSAGE} ({detail})"
     return ApiError(401, message, "COMMON_UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})

@@ -23,6 +23,8 @@ class Decision:
 
 
 class FaultInjector:
+    """Decides, request by request, which configured fault (if any) hits it, and counts the faults injected."""
+
     def __init__(self, faults: FaultConfig, seed: int) -> None:
         self._lock = threading.Lock()
         self.seed = seed
@@ -33,6 +35,7 @@ class FaultInjector:
         self.reseed()
 
     def reseed(self) -> None:
+        """Restart every fault kind's random sequence from the seed (as at start), and end any 5xx burst."""
         with self._lock:
             self._rngs = {
                 k: random.Random(f"{self.seed}:{k}") for k in ("429", "5xx", "drop", "t429", "t5xx")
@@ -40,6 +43,7 @@ class FaultInjector:
             self._burst_left = 0
 
     def set(self, faults: FaultConfig) -> None:
+        """Use these faults from the next request on (the random sequences go on; a 5xx burst ends)."""
         with self._lock:
             self.faults = faults
             self._burst_left = 0
@@ -49,6 +53,11 @@ class FaultInjector:
         return self._rngs[kind].random() < rate
 
     def decide(self, is_token: bool) -> Decision:
+        """The fault for the next request, a token request (``is_token``) or an ``/api/`` one.
+
+        A drop comes first, then (API) a running 5xx burst, a new 5xx, a 429; the same request sequence always
+        gets the same faults.
+        """
         f = self.faults
         with self._lock:
             if self._hit("drop", f.drop_rate):
@@ -84,5 +93,6 @@ class FaultInjector:
         return None if self.faults.no_retry_after else self.faults.retry_after_ms
 
     def count(self, kind: str) -> None:
+        """Count one fault of ``kind`` injected elsewhere (404 after create, create delay) in the stats."""
         with self._lock:
             self.injected[kind] += 1

@@ -38,6 +38,7 @@ class TilingGrid:
     max_lat: float
 
     def descriptor(self) -> dict[str, object]:
+        """The grid as ``GET /tilinggrids`` returns it (id, name, tile size, resolutions, unit)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -50,13 +51,16 @@ class TilingGrid:
         }
 
     def allows_resolution(self, resolution: float) -> bool:
+        """True if ``resolution`` (in the grid's unit) is one the grid offers."""
         return any(math.isclose(resolution, r, rel_tol=1e-9, abs_tol=1e-12) for r in self.resolutions)
 
     def tile_px(self, resolution: float) -> int:
+        """Width (= height) of a tile in pixels at ``resolution``."""
         return round(self.tile_size / resolution)
 
     @property
     def supports_zarr(self) -> bool:
+        """Zarr output is only offered on the WGS84 and LAEA grids (3, 6, 7)."""
         return self.kind in {"laea", "wgs84"}
 
 
@@ -107,6 +111,7 @@ class Utm:
         self.epsg = (32700 if south else 32600) + zone
 
     def forward(self, lon: float, lat: float) -> Point:
+        """Lon/lat degrees (WGS84) to easting/northing metres in this zone (latitude kept off the poles)."""
         phi = math.radians(max(min(lat, 89.999), -89.999))
         lam = math.radians(lon) - self.lon0
         c = 2 * math.sqrt(self._n) / (1 + self._n)
@@ -120,6 +125,7 @@ class Utm:
         return 500_000.0 + self._k0 * self._AA * eta, self.n0 + self._k0 * self._AA * xi
 
     def inverse(self, x: float, y: float) -> Point:
+        """Easting/northing metres in this zone to lon/lat degrees."""
         xi = (y - self.n0) / (self._k0 * self._AA)
         eta = (x - 500_000.0) / (self._k0 * self._AA)
         xi_p, eta_p = xi, eta
@@ -153,6 +159,7 @@ class Laea:
         return (1 - _E2) * (s / (1 - _E2 * s * s) - (1 / (2 * _E)) * math.log((1 - _E * s) / (1 + _E * s)))
 
     def forward(self, lon: float, lat: float) -> Point:
+        """Lon/lat degrees (WGS84) to EPSG:3035 x/y metres."""
         phi = math.radians(max(min(lat, 89.9999), -89.9999))
         lam = math.radians(lon) - self.lon0
         beta = math.asin(max(-1.0, min(1.0, self._q(phi) / self.qp)))
@@ -167,6 +174,7 @@ class Laea:
         return self.fe + x, self.fn + y
 
     def inverse(self, x: float, y: float) -> Point:
+        """EPSG:3035 x/y metres to lon/lat degrees."""
         x -= self.fe
         y -= self.fn
         rho = math.hypot(x / self.d, self.d * y)
@@ -197,13 +205,16 @@ class LonLat:
     epsg = 4326
 
     def forward(self, lon: float, lat: float) -> Point:
+        """Lon/lat unchanged."""
         return lon, lat
 
     def inverse(self, x: float, y: float) -> Point:
+        """Lon/lat unchanged."""
         return x, y
 
 
 def web_mercator_inverse(x: float, y: float) -> Point:
+    """Web Mercator (EPSG:3857) x/y metres to lon/lat degrees."""
     r = 6378137.0
     return math.degrees(x / r), math.degrees(math.atan(math.sinh(y / r)))
 
@@ -226,6 +237,7 @@ def parse_crs(crs: str | None) -> int | None:
 
 
 def supported_input_epsg(code: int) -> bool:
+    """True for the input CRSs the emulator reads: 4326, 4258, 3857, 3035 and the UTM zones (326xx, 327xx)."""
     return code in {4326, 4258, 3857, 3035} or 32601 <= code <= 32660 or 32701 <= code <= 32760
 
 
@@ -268,6 +280,7 @@ def _clip(ring: Sequence[Point], axis: int, value: float, keep_greater: bool) ->
 
 
 def clip_box(ring: Sequence[Point], x0: float, y0: float, x1: float, y1: float) -> Ring:
+    """The part of ``ring`` inside the axis-aligned box (an empty list if none)."""
     r: Ring = list(ring)
     for axis, value, greater in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
         r = _clip(r, axis, value, greater)
@@ -277,6 +290,7 @@ def clip_box(ring: Sequence[Point], x0: float, y0: float, x1: float, y1: float) 
 
 
 def ring_area(ring: Sequence[Point]) -> float:
+    """Area of a ring by the shoelace formula, in its coordinates' units squared (orientation ignored)."""
     return 0.5 * abs(sum(ring[i - 1][0] * ring[i][1] - ring[i][0] * ring[i - 1][1] for i in range(len(ring))))
 
 
@@ -294,6 +308,7 @@ def densify(ring: Sequence[Point], max_step: float) -> Ring:
 
 
 def bbox_ring(minx: float, miny: float, maxx: float, maxy: float) -> Ring:
+    """The four corners of a bounding box as a ring (not closed)."""
     return [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy)]
 
 
@@ -313,7 +328,7 @@ class TileSpec:
 
     @property
     def origin(self) -> dict[str, object]:
-        # Upper-left corner, as sentinelhub-py's BatchSplitter reads it.
+        """The tile's upper-left corner as a GeoJSON point (sentinelhub-py's BatchSplitter reads it)."""
         return {
             "type": "Point",
             "coordinates": [self.x0, self.y1],
@@ -322,6 +337,8 @@ class TileSpec:
 
 
 class TooManyTilesError(ValueError):
+    """The area of interest needs more tiles than the emulator cuts (``MAX_TILES``); the API answers 400."""
+
     pass
 
 

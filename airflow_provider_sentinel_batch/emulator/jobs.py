@@ -62,6 +62,8 @@ def failure_count(rate: float, n: int) -> int:
 
 @dataclass
 class Tile:
+    """One tile (v1) or feature (v2) of a job: its schedule (emulated seconds) and whether this attempt fails."""
+
     id: int
     name: str
     epsg: int
@@ -76,6 +78,7 @@ class Tile:
     written: bool = False
 
     def status(self, now: float) -> str:
+        """The tile status at ``now``, read from its schedule (``PENDING`` while unscheduled)."""
         if self.start_at is None or self.end_at is None or self.sched_at is None:
             return "PENDING"
         if now >= self.end_at:
@@ -87,9 +90,11 @@ class Tile:
         return "PENDING"
 
     def finished(self, now: float) -> bool:
+        """True once this attempt has ended by ``now``, processed or failed."""
         return self.end_at is not None and now >= self.end_at
 
     def unschedule(self) -> None:
+        """Back to ``PENDING`` with nothing drawn or written (stopped, canceled or to be retried)."""
         self.sched_at = self.start_at = self.end_at = None
         self.fails = False
         self.written = False
@@ -143,11 +148,13 @@ class Job:
     # ------------------------------------------------------------------------------------------ derived
     @property
     def description(self) -> str:
+        """The request's ``description``, ``""`` when it has none."""
         d = self.body.get("description")
         return d if isinstance(d, str) else ""
 
     @property
     def value_estimate(self) -> float:
+        """Estimated PUs of the whole job (at least 100), before the batch discount; computed once."""
         if self.value_estimate_pu is None:
             self.value_estimate_pu = max(100.0, sum(t.cost for t in self.tiles))
         return self.value_estimate_pu
@@ -158,20 +165,24 @@ class Job:
         return 1 / 3 if self.tile_px[0] * self.tile_px[1] >= 10_000 else 1.0
 
     def cost_pu(self, now: float) -> float:
+        """PUs billed by ``now`` (batch discount applied): tiles processed, none after the account ran out."""
         cutoff = now if self.oop_at is None else min(now, self.oop_at)
         return sum(
             t.cost for t in self.tiles if t.end_at is not None and t.end_at <= cutoff and not t.fails
         ) * (self.discount)
 
     def finished_tiles(self, now: float) -> int:
+        """How many tiles have ended (processed or failed) by ``now``."""
         return sum(1 for t in self.tiles if t.finished(now))
 
     def completion(self, now: float) -> float:
+        """Percentage of tiles ended by ``now`` (one decimal), 100 once the job is ``DONE``."""
         if self.status == "DONE":
             return 100.0
         return round(100.0 * self.finished_tiles(now) / len(self.tiles), 1) if self.tiles else 0.0
 
     def waiting_to_process(self) -> bool:
+        """True if the user started the job and it has not reached ``PROCESSING`` yet."""
         return self.user_action == "START" and self.status in {"CREATED", "ANALYSING", "ANALYSIS_DONE"}
 
     # ------------------------------------------------------------------------------------------ transitions
@@ -333,12 +344,17 @@ class Job:
 
     # ------------------------------------------------------------------------------------------ v1 actions
     def v1_analyse(self, st: EmulatorState, now: float) -> None:
+        """ANALYSE a v1 request; only a ``CREATED`` one (else 400)."""
         if self.status != "CREATED":
             raise bad_payload(f"Only requests with status CREATED can be analysed (status is {self.status}).")
         self._set_action("ANALYSE", now)
         self._begin_analysis(st, now)
 
     def v1_start(self, st: EmulatorState, now: float) -> None:
+        """START a v1 request: a ``CREATED`` one is analysed first, one being analysed goes on to process after.
+
+        Raises 400 for other statuses and for a cancel pending.
+        """
         if self.status == "CREATED":
             self._set_action("START", now)
             self._begin_analysis(st, now)
@@ -355,6 +371,10 @@ class Job:
             )
 
     def v1_cancel(self, st: EmulatorState, now: float) -> None:
+        """CANCEL a v1 request: a running analysis completes first; unstarted tiles go back to ``PENDING``.
+
+        A request that has ended is left as it is (the call still succeeds).
+        """
         s = self.status
         if s == "ANALYSING":
             self.cancel_pending = True  # a running analysis completes first
@@ -369,6 +389,7 @@ class Job:
         self._set_action("CANCEL", now)
 
     def v1_restart(self, st: EmulatorState, now: float) -> None:
+        """``restartpartial``: the failed tiles of a ``PARTIAL`` request (else 400) run again, after a lag."""
         if self.status != "PARTIAL":
             raise bad_payload(PARTIAL_RESTART_ONLY)
         if self.restart_at is not None:
@@ -381,10 +402,13 @@ class Job:
         self._set_action("START", now)
 
     def v1_check_update(self) -> None:
+        """Raise 409 if the request is processing, started and about to process, or restarting."""
         if self.status == "PROCESSING" or self.waiting_to_process() or self.restart_at is not None:
             raise conflict(f"A request with status {self.status} that is being processed cannot be updated.")
 
     def v1_check_delete(self, now: float) -> None:
+        """Raise 409 unless the request is ``CREATED``, ``ANALYSIS_DONE``, ``FAILED`` or ``CANCELED`` (and not
+        about to process) with no processed tile."""
         processed = any(t.finished(now) and not t.fails for t in self.tiles)
         if self.status not in {"CREATED", "ANALYSIS_DONE", "FAILED", "CANCELED"} or self.waiting_to_process():
             raise conflict(
@@ -400,12 +424,18 @@ class Job:
         )
 
     def v2_analyse(self, st: EmulatorState, now: float) -> None:
+        """ANALYSE a v2 task; only a ``CREATED`` one with no user action yet (else a 400 "Illegal to change")."""
         if self.status != "CREATED" or self.user_action != "NONE":
             raise self._illegal("ANALYSE")
         self._set_action("ANALYSE", now)
         self._begin_analysis(st, now)
 
     def v2_start(self, st: EmulatorState, now: float) -> None:
+        """START a v2 task: a ``CREATED`` one stays so for ``Timing.start_lag``, then is analysed and processed.
+
+        A ``STOPPED`` task restarts only 30 emulated minutes after the stop (else 400) and with PUs left on
+        the account (else 403). Other statuses are a 400 "Illegal to change userAction".
+        """
         s = self.status
         if s == "CREATED":
             if self.user_action != "START":
@@ -435,6 +465,10 @@ class Job:
             raise self._illegal("START")
 
     def v2_stop(self, st: EmulatorState, now: float) -> None:
+        """STOP a v2 task (one being analysed stops once analysed); tiles not started go back to ``PENDING``.
+
+        Only ``ANALYSING``, ``ANALYSIS_DONE`` and ``PROCESSING`` tasks can be stopped (else 400).
+        """
         s = self.status
         if s == "ANALYSING":
             self.stop_pending = True  # the analysis completes, then the task stops
@@ -445,6 +479,7 @@ class Job:
         self._set_action("STOP", now)
 
     def v2_check_update(self) -> None:
+        """Raise 409 if the task is processing or started and about to process."""
         if self.status == "PROCESSING" or self.waiting_to_process():
             raise conflict(f"A task with status {self.status} that is being processed cannot be updated.")
 

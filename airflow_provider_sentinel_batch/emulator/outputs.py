@@ -93,6 +93,7 @@ def zarr_root(template: str, request_id: str) -> str:
 def tile_urls(
     template: str, request_id: str, tile_name: str, tile_id: int, responses: Iterable[Sequence[str]]
 ) -> list[tuple[str, str]]:
+    """The object URL of each ``(identifier, format)`` response for one tile, with its format."""
     expanded = expand_template(template, request_id)
     urls = []
     for identifier, fmt in responses:
@@ -144,6 +145,7 @@ def write_feature_manifest(path: Path, rows_by_crs: dict[int, list[tuple[Any, ..
 
 
 def polygon_wkt(geometry: dict[str, Any]) -> str:
+    """The exterior ring of a GeoJSON polygon as WKT (holes dropped)."""
     ring = geometry.get("coordinates", [[]])[0]
     return "POLYGON ((" + ", ".join(f"{x} {y}" for x, y in ring) + "))"
 
@@ -175,6 +177,7 @@ def request_keys(body: Any) -> BucketKeys | None:
 
 # ----------------------------------------------------------------------------------------- object bytes
 def placeholder_bytes(fmt: str) -> bytes:
+    """What a tile output of ``fmt`` holds: ``{}`` for JSON, else a 1x1 TIFF."""
     return b"{}\n" if fmt == "application/json" else TIFF_BYTES
 
 
@@ -187,10 +190,12 @@ def _sqlite_bytes(fill: Any) -> bytes:
 
 
 def execution_db_bytes(rows: list[tuple[int, str, str, str | None, bool]]) -> bytes:
+    """The bytes of a v2 execution database (see :func:`write_execution_db`)."""
     return _sqlite_bytes(lambda path: write_execution_db(path, rows))
 
 
 def feature_manifest_bytes(rows_by_crs: dict[int, list[tuple[Any, ...]]]) -> bytes:
+    """The bytes of a v2 feature manifest (see :func:`write_feature_manifest`)."""
     return _sqlite_bytes(lambda path: write_feature_manifest(path, rows_by_crs))
 
 
@@ -293,6 +298,7 @@ class S3Writer:
             ) from None
 
     def put(self, url: str, data: bytes, keys: BucketKeys | None) -> None:
+        """PutObject ``data`` at ``url``; :class:`DeliveryError` if the server refuses or ``keys`` is None."""
         bucket, key = split_s3_url(url)
         self._call(bucket, keys, "put_object", Key=key, Body=data)
 

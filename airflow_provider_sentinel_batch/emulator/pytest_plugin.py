@@ -33,6 +33,7 @@ MARKER = "sentinel_batch_emulator"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``sentinel_batch_emulator`` marker, so ``--strict-markers`` runs accept it."""
     config.addinivalue_line(
         "markers",
         f"{MARKER}(**options): options for the sentinel_batch_emulator fixture (EmulatorConfig/FaultConfig "

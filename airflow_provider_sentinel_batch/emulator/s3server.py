@@ -96,6 +96,10 @@ class S3Server(Service):
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> S3Server:
+        """Start moto in a child process, create the writer and reader keys, then switch on signature checks.
+
+        Returns once the server answers; raises ``RuntimeError`` if it does not within ``timeout`` seconds.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)  # setup runs unauthenticated, then auth goes on
         self._proc = subprocess.Popen(
@@ -147,6 +151,7 @@ class S3Server(Service):
         return S3Keys(key["AccessKeyId"], key["SecretAccessKey"])
 
     def stop(self) -> None:
+        """End the child process (closing its stdin; killed after 10 s); safe to call twice."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -164,6 +169,7 @@ class S3Server(Service):
     # ---------------------------------------------------------------------------------------------- access
     @property
     def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``; raises ``RuntimeError`` before :meth:`start`."""
         if self.port is None:
             raise RuntimeError("S3 server not started")
         return f"http://127.0.0.1:{self.port}"
@@ -190,15 +196,18 @@ class S3Server(Service):
 
     @property
     def writer_keys(self) -> S3Keys:
+        """The key pair allowed everything (``s3:*``), as a delivery bucket's owner gives the service."""
         assert self.writer is not None, "S3 server not started"
         return self.writer
 
     @property
     def reader_keys(self) -> S3Keys:
+        """The key pair allowed to get and list only, as a results connection needs."""
         assert self.reader is not None, "S3 server not started"
         return self.reader
 
     def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket with the writer's keys (default name: a random ``test-...``); returns its name."""
         name = name or f"test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(
             Bucket=name, CreateBucketConfiguration={"LocationConstraint": self.region}
@@ -215,6 +224,7 @@ class S3Server(Service):
         )
 
     def get(self, bucket: str, key: str) -> bytes:
+        """The bytes of one object, read with the reader's keys."""
         body = self.client(self.reader_keys).get_object(Bucket=bucket, Key=key)["Body"]
         try:
             return bytes(body.read())

@@ -38,6 +38,10 @@ class EmulatorServer(Service):
 
     # ----------------------------------------------------------------------------------------------- life
     def start(self, timeout: float = 15.0) -> EmulatorServer:
+        """Bind the socket and serve in a daemon thread; returns once the server has started (no-op if running).
+
+        Raises ``OSError`` if the address is taken, ``TimeoutError`` after ``timeout`` seconds.
+        """
         if self._thread is not None:
             return self
         import uvicorn
@@ -83,6 +87,7 @@ class EmulatorServer(Service):
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Shut down, save the state file (if set) and remove the temp data dir if the emulator made it."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -96,15 +101,18 @@ class EmulatorServer(Service):
 
     @property
     def running(self) -> bool:
+        """True while the server thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------------------------------ addresses
     @property
     def port(self) -> int:
+        """The port listened on (the one picked, after a start with port 0)."""
         return self._port if self._port is not None else int(self.config.port)
 
     @property
     def base_url(self) -> str:
+        """``http://host:port`` of the API (a wildcard bind address is reached on 127.0.0.1)."""
         host = self.config.host.strip("[]")
         if host in {"0.0.0.0", "::"}:
             host = "127.0.0.1"
@@ -119,22 +127,27 @@ class EmulatorServer(Service):
 
     @property
     def cdse_token_url(self) -> str:
+        """The CDSE realm token endpoint."""
         return f"{self.base_url}/auth/realms/CDSE/protocol/openid-connect/token"
 
     @property
     def legacy_token_url(self) -> str:
+        """The legacy Sentinel Hub token endpoint ``/oauth/token`` (issues "main" realm tokens)."""
         return f"{self.base_url}/oauth/token"
 
     @property
     def client_id(self) -> str:
+        """The OAuth client id the emulator accepts."""
         return self.config.client_id
 
     @property
     def client_secret(self) -> str:
+        """The OAuth client secret the emulator accepts."""
         return self.config.client_secret
 
     @property
     def data_dir(self) -> Path:
+        """Where outputs are written without S3 delivery (``s3://bucket/key`` → ``<data_dir>/bucket/key``)."""
         return self.state.data_dir
 
     def airflow_conn_json(self, api_version: str = "v2") -> str:
@@ -170,12 +183,15 @@ class EmulatorServer(Service):
 
     # -------------------------------------------------------------------------------------------- control
     def stats(self) -> dict[str, Any]:
+        """Counts of calls, responses, tokens, injected faults and jobs by status; the clock and PU figures."""
         return self.state.stats()
 
     def set_faults(self, **changes: Any) -> FaultConfig:
+        """Change fault settings (``FaultConfig`` field names) from the next request on; returns them all."""
         return self.state.set_faults(**changes)
 
     def clear_faults(self) -> FaultConfig:
+        """Switch every fault off (the configured ones too); returns the settings now in force."""
         return self.state.clear_faults()
 
     def set_rate_limits(self, policies: Any) -> list[dict[str, Any]]:
@@ -183,9 +199,11 @@ class EmulatorServer(Service):
         return self.state.set_rate_limits(policies)
 
     def reset(self) -> None:
+        """Start afresh: no jobs, stats or outputs; configured faults and clock again. Tokens stay valid."""
         self.state.reset()
 
     def revoke_tokens(self) -> None:
+        """Invalidate every token issued so far: the next API call with one gets 401."""
         self.state.revoke_tokens()
 
     def advance(self, seconds: float) -> float:

@@ -90,6 +90,12 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
         return options
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Read the results of a DONE request, write the table (if ``table_path``) and return the summary.
+
+        Raises :class:`SentinelBatchJobError` if the request is not DONE, has no output URL, or more features
+        failed than ``max_failed_features`` / ``max_failed_fraction`` allow (the table is written first);
+        :class:`SentinelBatchConfigError` for ``parquet=True`` without pyarrow.
+        """
         from airflow_provider_sentinel_batch.hooks.sentinel_batch import SentinelBatchHook
         from airflow_provider_sentinel_batch.statistical import cost_pu, output_root, output_url
         from airflow_provider_sentinel_batch.statistical_results import (
