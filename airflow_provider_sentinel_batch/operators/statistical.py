@@ -150,7 +150,9 @@ class SentinelBatchStatisticalTableOperator(BaseOperator):
         written: list[str] = []
         if self.table_path:
             if self.parquet and not parquet_available():
-                raise SentinelBatchConfigError("parquet=True needs pyarrow: pip install pyarrow")
+                raise SentinelBatchConfigError(
+                    'parquet=True needs pyarrow: pip install "airflow-provider-sentinel-batch[parquet]" (or pyarrow)'
+                )
             written = write_table(
                 table,
                 str(self.table_path),

@@ -62,6 +62,39 @@ def test_writes_the_table_and_reports_counts(sentinel_batch_emulator, done_reque
     )
 
 
+def test_writes_parquet_with_the_same_rows_as_the_csv(sentinel_batch_emulator, done_request, tmp_path: Path):
+    """pyarrow comes with the ``parquet`` extra (in the test extra): the default writes both files."""
+    import pyarrow.parquet as pq
+
+    summary = operator(sentinel_batch_emulator, done_request, table_path=str(tmp_path / "ndvi")).execute({})
+    assert summary["tables"] == [str(tmp_path / "ndvi.csv"), str(tmp_path / "ndvi.parquet")]
+    back = pq.read_table(tmp_path / "ndvi.parquet")
+    rows = list(csv.DictReader((tmp_path / "ndvi.csv").open()))
+    assert back.num_rows == len(rows) == summary["counts"]["rows"] > 0
+    assert back.column_names == list(rows[0])
+    # the CSV writes empty cells for missing values and text for numbers: compare in the CSV's spelling
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in back.to_pylist()]
+    numeric = {"min", "max", "mean", "stdev"} | {c for c in back.column_names if c.startswith("p")}
+    for parquet_row, csv_row in zip(as_text, rows, strict=True):
+        for column, value in csv_row.items():
+            if column in numeric and value:
+                assert float(parquet_row[column]) == float(value), column
+            else:
+                assert parquet_row[column] == value, column
+
+
+def test_parquet_true_without_pyarrow_is_a_clear_error(sentinel_batch_emulator, done_request, monkeypatch):
+    from airflow_provider_sentinel_batch import statistical_results
+
+    monkeypatch.setattr(statistical_results, "parquet_available", lambda: False)
+    op = operator(sentinel_batch_emulator, done_request, table_path="/nonexistent/t", parquet=True)
+    with pytest.raises(SentinelBatchConfigError) as info:
+        op.execute({})
+    assert str(info.value) == (
+        'parquet=True needs pyarrow: pip install "airflow-provider-sentinel-batch[parquet]" (or pyarrow)'
+    )
+
+
 def test_failure_thresholds(sentinel_batch_emulator, done_request) -> None:
     operator(sentinel_batch_emulator, done_request, max_failed_features=3).execute({})  # exactly at the limit
     with pytest.raises(SentinelBatchJobError) as info:
