@@ -8,6 +8,10 @@ A job's identity has two parts, both written into its ``description`` (no secret
   (everything but ``description`` and bucket keys), so a changed evalscript, time range, area or output makes a
   different job, and rotated bucket keys do not.
 
+Batch Statistical requests have no ``description``: their identity is the payload alone (the fingerprint of the
+credential-free ``input``, ``aggregation``, ``calculations`` and ``output``, compared with the service's copy of
+each request), so identical payloads share one request whichever task made it, and a changed payload is a new one.
+
 Airflow 3.3+ also keeps the request id and fingerprint in the task state store (it survives retries), so the
 common retry is one GET; the tag search stays the fallback on every version and for the moments the store cannot
 know about (death between create and persist, a concurrent execution of the same task instance).
@@ -51,10 +55,11 @@ NOT_IDENTITY = frozenset({"description"})
 PAYLOAD_FIELDS = {
     "v1": ("processRequest", "tilingGrid", "output", "bucketName", "zarrOutput"),
     "v2": ("processRequest", "input", "output", "instanceType"),
+    "statistical": ("input", "aggregation", "calculations", "output"),
 }
 
 #: Values the service fills in when a payload leaves a field out (the same job either way).
-SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {"v1": {}, "v2": {"instanceType": "normal"}}
+SERVICE_DEFAULTS: dict[str, dict[str, Any]] = {"v1": {}, "v2": {"instanceType": "normal"}, "statistical": {}}
 
 REATTACH = "reattach"
 CREATE = "create"
@@ -105,6 +110,36 @@ def payload_fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:12]
 
 
+def _echo_neutral(value: Any, parent: str = "") -> Any:
+    """``value`` without what a service's copy of a request may add or drop: nulls, and an S3 location's
+    ``region`` (a property of the bucket, added from ``bucket_conn_id``)."""
+    if isinstance(value, Mapping):
+        return {
+            k: _echo_neutral(v, str(k))
+            for k, v in value.items()
+            if v is not None and not (parent == "s3" and k == "region")
+        }
+    if isinstance(value, list | tuple):
+        return [_echo_neutral(v) for v in value]
+    return value
+
+
+def statistical_fingerprint(payload: Any) -> str:
+    """A Batch Statistical request's identity: :func:`payload_fingerprint` of its ``input``, ``aggregation``,
+    ``calculations`` and ``output`` (credentials, nulls and bucket regions aside), for a payload as sent and for
+    the service's copy of a request alike."""
+    fields = PAYLOAD_FIELDS["statistical"]
+    body = (
+        {k: v for k, v in dict(payload or {}).items() if k in fields} if isinstance(payload, Mapping) else {}
+    )
+    return payload_fingerprint(_echo_neutral(body))
+
+
+def fingerprint(api_version: str, payload: Mapping[str, Any]) -> str:
+    """The payload fingerprint a job of ``api_version`` is identified by."""
+    return statistical_fingerprint(payload) if api_version == "statistical" else payload_fingerprint(payload)
+
+
 def label(tag: str, fingerprint: str) -> str:
     """The identity label put into a job's description: ``[airflow-<16 hex> payload-<12 hex>]``."""
     return f"[{tag} payload-{fingerprint}]"
@@ -129,6 +164,20 @@ def find_label(description: str, tag: str) -> tuple[bool, str | None]:
         if match.group(1) == tag:
             return True, match.group(2)
     return False, None
+
+
+def belongs(
+    api_version: str, request: Mapping[str, Any], tag: str, fingerprint: str
+) -> tuple[bool, str | None]:
+    """Whether ``request`` is one of this task instance's jobs, and the payload fingerprint it carries.
+
+    v1/v2: the label in its description (:func:`find_label`). Batch Statistical has no description: a request
+    whose copy of the payload has this ``fingerprint`` counts (whichever task made it)."""
+    if api_version == "statistical":
+        inner = request.get("request")
+        same = isinstance(inner, Mapping) and statistical_fingerprint(inner) == fingerprint
+        return same, fingerprint if same else None
+    return find_label(description_of(request), tag)
 
 
 def withdrawn_description(description: str, tag: str, survivor_id: str) -> str:
@@ -175,9 +224,12 @@ class Job:
         return f"{self.status}: {'; '.join(parts)}" if parts else self.status
 
     @classmethod
-    def from_request(cls, request: Mapping[str, Any], tag: str) -> Job | None:
-        """The job, when ``request`` carries ``tag``; ``None`` otherwise (a search also matches look-alikes)."""
-        found, fingerprint = find_label(description_of(request), tag)
+    def from_request(
+        cls, request: Mapping[str, Any], tag: str, *, api_version: str = "v2", fingerprint: str = ""
+    ) -> Job | None:
+        """The job, when ``request`` belongs to the task (see :func:`belongs`; v1/v2: it carries ``tag``);
+        ``None`` otherwise (a search also matches look-alikes)."""
+        found, fingerprint = belongs(api_version, request, tag, fingerprint)
         if not found or request.get("id") in (None, ""):
             return None
         created = request.get("created")
@@ -194,9 +246,16 @@ class Job:
         )
 
 
-def jobs_of(requests: Iterable[Mapping[str, Any]], tag: str) -> list[Job]:
-    """The requests that carry ``tag`` (in the order given)."""
-    return [job for r in requests if (job := Job.from_request(r, tag)) is not None]
+def jobs_of(
+    requests: Iterable[Mapping[str, Any]], tag: str, *, api_version: str = "v2", fingerprint: str = ""
+) -> list[Job]:
+    """The requests that belong to the task (in the order given): v1/v2 carry ``tag``, Batch Statistical have
+    this payload ``fingerprint``."""
+    return [
+        job
+        for r in requests
+        if (job := Job.from_request(r, tag, api_version=api_version, fingerprint=fingerprint)) is not None
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- decisions
@@ -284,7 +343,9 @@ def check_stored(
         return "it was made from a different payload"
     if request is None:
         return "the service does not know it (404)"
-    found, label_fingerprint = find_label(description_of(request), tag)
+    found, label_fingerprint = belongs(api_version, request, tag, fingerprint)
+    if not found and api_version == "statistical":
+        return "the service's copy of it was made from a different payload"
     if not found:
         return "its description no longer carries this task's tag (withdrawn or renamed)"
     if label_fingerprint != fingerprint:
@@ -432,8 +493,13 @@ class TaskJobs:
         """Where :meth:`find` found the request: ``"store"``, ``"search"`` or ``None``."""
 
     def tagged(self) -> list[Job]:
-        """Every request carrying this task's tag (one paginated list call)."""
-        return jobs_of(self.hook.iter_requests(search=self.tag, sort="created"), self.tag)
+        """Every request of this task instance (one paginated list call): v1/v2 by the tag search; Batch
+        Statistical, whose list has no search, by the payload fingerprint of every request listed."""
+        if self.api_version == "statistical":
+            requests = self.hook.iter_requests(sort="created", api_version=self.api_version)
+        else:
+            requests = self.hook.iter_requests(search=self.tag, sort="created")
+        return jobs_of(requests, self.tag, api_version=self.api_version, fingerprint=self.fingerprint)
 
     def from_store(self, context: Mapping[str, Any]) -> dict[str, Any] | None:
         """The stored request when it still fits (one GET), else ``None`` (the caller searches by tag)."""
@@ -594,7 +660,17 @@ class TaskJobs:
         return dict(survivor.request)
 
     def withdraw(self, request_id: str, description: str, survivor_id: str) -> None:
-        """Take a duplicate CREATED request out of the tag search: delete (v1) or rename (v2); never raises."""
+        """Take a duplicate CREATED request out of the tag search: delete (v1) or rename (v2); never raises.
+        Batch Statistical can neither delete nor rename: the duplicate stays CREATED, and every execution keeps
+        choosing the oldest request with the payload, so it is never started."""
+        if self.api_version == "statistical":
+            self.log.info(
+                "Batch Statistical request %s stays CREATED (the API can neither delete nor rename it): it is never "
+                "started, costs nothing, and the service deletes it after 7 days; this task instance uses %s",
+                request_id,
+                survivor_id,
+            )
+            return
         if self.api_version == "v1":
             try:
                 self.hook.delete_request(request_id)

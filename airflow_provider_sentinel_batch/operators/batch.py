@@ -72,8 +72,10 @@ class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
     :param payload: the request body, a dict or a JSON string, or a ``.json`` template file.
     :param evalscript: optional evalscript (or ``.js`` template file) put into ``processRequest.evalscript``
         (Batch Statistical: ``aggregation.evalscript``).
-    :param description: put before the identity label in the request's ``description`` (Batch Statistical
-        requests have no description: a retry finds its request by the same payload, credentials aside).
+    :param description: put before the identity label in the request's ``description``. Batch Statistical
+        requests have no description: their identity is the payload alone (credentials aside), so a request with
+        the same payload is re-attached to whichever task made it, and ``stop_superseded`` cannot find an older
+        payload's request.
     :param bucket_conn_id: v2 and Batch Statistical: an Airflow connection (login = access key, password = secret
         key) whose keys are added at run time (v2: ``output.delivery.s3``; statistical: ``output.s3``,
         ``input.features.s3`` and ``aggregation.evalscriptReference.s3`` unless they carry keys), so they never
@@ -181,33 +183,6 @@ class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
             s3.setdefault("region", region)
         return sent
 
-    def _find_same_statistical(self) -> dict[str, Any] | None:
-        """Batch Statistical has no description to tag: the newest request with this payload (credentials aside)
-        that did not fail is this task's earlier try (or an identical computation, whose results are the same)."""
-        from airflow_provider_sentinel_batch.identity import canonical_json, credential_free
-
-        def identity(payload: Any) -> str:
-            keys = ("input", "aggregation", "calculations", "output")
-            return canonical_json(
-                credential_free({k: v for k, v in dict(payload or {}).items() if k in keys})
-            )
-
-        wanted = identity(self._statistical_payload)
-        found = [
-            r
-            for r in self.hook.iter_requests(sort="created:desc", api_version="statistical")
-            if identity(r.get("request")) == wanted
-        ]
-        usable = [r for r in found if r.get("status") not in FAILURE[self.version]]
-        for r in found:
-            if r not in usable:
-                self.log.info(
-                    "Earlier request %s with this payload ended %s; not reusing it",
-                    r.get("id"),
-                    r.get("status"),
-                )
-        return usable[0] if usable else None
-
     def _created_despite(self, exc: SentinelBatchError, jobs: identity.TaskJobs) -> dict[str, Any]:
         """After an ambiguous create failure (answer lost, 5xx), the job may exist: find it by its tag."""
         from airflow_provider_sentinel_batch.retry import retries_ran_out
@@ -226,52 +201,22 @@ class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
                 return dict(decision.job.request)
         raise exc
 
-    def _execute_statistical(self, context: Context, payload: dict[str, Any]) -> str:
-        """Batch Statistical: re-attach to the newest live or DONE request with this payload, or create it."""
-        self._statistical_payload = payload
-        existing = self._find_same_statistical() if self.reuse_existing else None
-        if existing is not None:
-            request_id = str(existing["id"])
-            self.log.info(
-                "Re-attaching to batch request %s (%s): same payload, created by an earlier try; not creating "
-                "a new one",
-                request_id,
-                existing.get("status"),
-            )
-            self.record_request(context, request_id, existing)
-            context["ti"].xcom_push(key="created_at", value=None)
-            return request_id
-        if self.validate:
-            self.hook.validate_payload(payload)
-        try:
-            created = self.hook.create_request(self._with_bucket_credentials(payload), validate=False)
-        except SentinelBatchError as exc:
-            from airflow_provider_sentinel_batch.retry import retries_ran_out
-
-            found = self._find_same_statistical() if self.reuse_existing and retries_ran_out(exc) else None
-            if found is None:
-                raise
-            self.log.warning(
-                "Create failed ambiguously (%s) but the service had created request %s", exc, found["id"]
-            )
-            created = found
-        request_id = str(created["id"])
-        context["ti"].xcom_push(key="created_at", value=time.time())
-        self.record_request(context, request_id, payload | {"id": request_id})
-        self.log.info("Batch request %s created: %s", request_id, describe(self.version, created))
-        return request_id
+    def _fingerprint(self, payload: dict[str, Any]) -> str:
+        """v1/v2: the fingerprint in the request's label. Batch Statistical: of the payload as it is sent (a
+        ``bucket_conn_id`` region included, keys aside), as it is compared with the service's copy of each request."""
+        if self.version == "statistical":
+            return identity.fingerprint(self.version, self._with_bucket_credentials(payload))
+        return identity.fingerprint(self.version, payload)
 
     def execute(self, context: Context) -> str:
         """Re-attach to this task instance's request, or create it; returns the request id."""
         tag = idempotency_tag(context)
         payload = self._build_payload(tag)
-        if self.version == "statistical":
-            return self._execute_statistical(context, payload)
         jobs = identity.TaskJobs(
             hook=self.hook,
             api_version=self.version,
             tag=tag,
-            fingerprint=identity.payload_fingerprint(payload),
+            fingerprint=self._fingerprint(payload),
             log=self.log,
         )
         if self.reuse_existing:

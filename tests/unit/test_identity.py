@@ -607,3 +607,122 @@ def test_remember_writes_id_fingerprint_and_version():
     store = FakeStore()
     assert jobs_for(FakeHook(), "v2").remember({"task_state_store": store}, "r9")
     assert store.data[identity.STATE_KEY] == {"request_id": "r9", "fingerprint": PFP, "api_version": "v2"}
+
+
+# ---------------------------------------------------------------------------------------------- Batch Statistical
+def stat_body(**changes):
+    from tests.emulator.stat_helpers import stat_payload
+
+    return stat_payload(**changes)
+
+
+SFP = identity.statistical_fingerprint(stat_body())
+
+
+def stat_request(rid, status="CREATED", created="2026-01-01T10:00:00Z", body=None, **extra):
+    """A Batch Statistical request as the service lists it: no description, the payload under ``request``."""
+    return {"id": rid, "status": status, "created": created, "request": body or stat_body(), **extra}
+
+
+class StatHook(FakeHook):
+    """The statistical list has no ``search``: TaskJobs must list everything and compare payloads."""
+
+    def iter_requests(self, *, search=None, sort=None, api_version=None):
+        assert search is None and api_version == "statistical"
+        self.calls.append(("list", None))
+        shown = self.requests[:-1] if self.visible_after > 0 else self.requests
+        self.visible_after = max(0, self.visible_after - 1)
+        return iter(shown)
+
+
+def stat_jobs(hook, fingerprint=SFP):
+    return TaskJobs(
+        hook=hook, api_version="statistical", tag=TAG, fingerprint=fingerprint, log=LOG, sleep=lambda s: None
+    )
+
+
+def test_statistical_fingerprint_ignores_keys_nulls_regions_and_service_fields():
+    keyless = stat_body()
+    for place in (keyless["input"]["features"]["s3"], keyless["output"]["s3"]):
+        del place["accessKey"], place["secretAccessKey"]
+    keyless["output"]["s3"]["region"] = "eu-central-1"
+    keyless["aggregation"]["width"] = None
+    echoed = {**stat_body(), "id": "r1", "status": "DONE", "costPU": 3.0, "domainAccountId": "x"}
+    assert identity.statistical_fingerprint(keyless) == identity.statistical_fingerprint(echoed) == SFP
+    assert identity.fingerprint("statistical", keyless) == SFP
+    assert identity.fingerprint("v2", v2_payload()) == payload_fingerprint(v2_payload())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"aggregation.timeRange": {"from": "2024-05-01T00:00:00Z", "to": "2024-07-01T00:00:00Z"}},
+        {"aggregation.evalscript": "//VERSION=3 other"},
+        {"aggregation.aggregationInterval": {"of": "P10D"}},
+        {"aggregation.resx": 20},
+        {"calculations": {}},
+        {"input.features.s3.url": "s3://stat-bucket/input/other.gpkg"},
+        {"output.s3.url": "s3://stat-bucket/elsewhere"},
+    ],
+    ids=["time-range", "evalscript", "interval", "resolution", "calculations", "features", "output"],
+)
+def test_what_a_statistical_request_computes_or_where_it_writes_changes_its_fingerprint(change):
+    assert identity.statistical_fingerprint(stat_body(**change)) != SFP
+
+
+def test_a_statistical_request_belongs_by_its_payload_not_a_tag():
+    assert identity.belongs("statistical", stat_request("r1"), TAG, SFP) == (True, SFP)
+    other = stat_request("r2", body=stat_body(**{"output.s3.url": "s3://b/x"}))
+    assert identity.belongs("statistical", other, TAG, SFP) == (False, None)
+    assert identity.belongs("statistical", {"id": "r3"}, TAG, SFP) == (False, None)
+    jobs = identity.jobs_of([stat_request("r1"), other], TAG, api_version="statistical", fingerprint=SFP)
+    assert [(j.id, j.fingerprint) for j in jobs] == [("r1", SFP)]
+
+
+def test_statistical_store_checks():
+    stored = StoredJob("r1", SFP, "statistical")
+    assert check_stored("statistical", stored, SFP, stat_request("r1", "PROCESSING"), TAG) is None
+    changed = stat_request("r1", body=stat_body(**{"aggregation.resx": 20}))
+    assert check_stored("statistical", stored, SFP, changed, TAG) == (
+        "the service's copy of it was made from a different payload"
+    )
+    assert check_stored("statistical", stored, SFP, stat_request("r1", "STOPPED"), TAG) == "it ended STOPPED"
+    assert check_stored("v2", stored, SFP, None, TAG) == (
+        "it is a Batch statistical request and this task now uses v2"
+    )
+
+
+def test_statistical_find_reattaches_to_the_oldest_live_request_of_the_payload():
+    other = stat_body(**{"output.s3.url": "s3://b/x"})
+    hook = StatHook(
+        [
+            stat_request("failed", "FAILED", "2026-01-01T09:00:00Z"),
+            stat_request("other-payload", "PROCESSING", "2026-01-01T09:30:00Z", body=other),
+            stat_request("live", "PROCESSING", "2026-01-01T10:00:00Z"),
+            stat_request("younger", "CREATED", "2026-01-01T11:00:00Z"),
+        ]
+    )
+    jobs = stat_jobs(hook)
+    assert jobs.find({}, stat_body())["id"] == "live" and jobs.found_in == "search"
+    assert [j.id for j in jobs.decision.failed] == ["failed"] and jobs.decision.superseded == ()
+    assert hook.calls == [("list", None)]
+
+
+def test_statistical_store_hit_is_one_get():
+    hook = StatHook([stat_request("r1", "DONE")])
+    store = FakeStore()
+    store.data[identity.STATE_KEY] = StoredJob("r1", SFP, "statistical").to_json()
+    assert stat_jobs(hook).find({"task_state_store": store}, stat_body())["id"] == "r1"
+    assert hook.calls == [("get", "r1")]
+
+
+def test_statistical_converge_loser_uses_the_oldest_and_leaves_its_own_created(caplog):
+    hook = StatHook(
+        [stat_request("first"), stat_request("mine", created="2026-01-01T10:00:01Z")], visible_after=1
+    )
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        used = stat_jobs(hook).converge(dict(hook.requests[1]))
+    assert used["id"] == "first"
+    assert hook.calls == [("list", None), ("list", None)]  # waited until its own request was listed
+    assert "stays CREATED (the API can neither delete nor rename it)" in caplog.text
+    assert stat_jobs(hook).converge(dict(hook.requests[0]))["id"] == "first"  # the winner keeps its own
