@@ -229,7 +229,7 @@ class Job:
     ) -> Job | None:
         """The job, when ``request`` belongs to the task (see :func:`belongs`; v1/v2: it carries ``tag``);
         ``None`` otherwise (a search also matches look-alikes)."""
-        found, fingerprint = belongs(api_version, request, tag, fingerprint)
+        found, carried = belongs(api_version, request, tag, fingerprint)
         if not found or request.get("id") in (None, ""):
             return None
         created = request.get("created")
@@ -237,7 +237,7 @@ class Job:
             id=str(request["id"]),
             status=str(request.get("status") or ""),
             created=str(created) if created else None,
-            fingerprint=fingerprint,
+            fingerprint=carried,
             error=str(request["error"]) if request.get("error") else None,
             stopped_reason=str(request["stoppedStatusReason"])
             if request.get("stoppedStatusReason")
