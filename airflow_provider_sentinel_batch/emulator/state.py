@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..models import search_matches
 from . import outputs as out
@@ -38,6 +39,7 @@ from .validation import Plan, validate_v1, validate_v2
 log = logging.getLogger("airflow_provider_sentinel_batch.emulator")
 
 SORTS = ("created", "created:desc", "status", "status:desc")
+_J = TypeVar("_J", bound=Job)
 MIN_PU_BALANCE = 1000.0
 _NS = uuid.UUID("6f1d1a52-36b4-4ad4-9a35-7c0e39c1e5a1")
 
@@ -638,6 +640,23 @@ class EmulatorState:
         user_id: str | None = None,
         collection_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        def keep(job: Job) -> bool:
+            return (
+                job.api == api
+                and (not user_id or user_id == job.user_id)
+                and (not collection_id or (job.body.get("output") or {}).get("collectionId") == collection_id)
+                and search_matches(job.description, search)
+            )
+
+        with self.lock:
+            return [self.view(j) for j in self.listed(self.jobs.values(), sort, keep)]
+
+    def listed(
+        self, jobs: Iterable[_J], sort: str | None, keep: Callable[[_J], bool] | None = None
+    ) -> list[_J]:
+        """What a list call shows of ``jobs`` (v1/v2 jobs or Batch Statistical requests): those past the
+        not-yet-visible window after create and kept by ``keep``, advanced to now, in ``sort`` order (``created``
+        by default; ``status``; ``:desc``). An unknown ``sort`` is the service's 400."""
         if sort is not None and sort not in SORTS:
             raise bad_payload(
                 f"Invalid sort {sort!r}.",
@@ -646,26 +665,20 @@ class EmulatorState:
         with self.lock:
             now = self.clock.now()
             window = self.faults.faults.not_found_after_create
-            jobs = []
-            for job in self.jobs.values():
-                if job.api != api:
-                    continue
+            shown = []
+            for job in jobs:
                 if window and time.monotonic() - job.created_mono < window:
                     continue  # not yet visible: the database has not synced
-                if user_id and user_id != job.user_id:
-                    continue
-                if collection_id and (job.body.get("output") or {}).get("collectionId") != collection_id:
-                    continue
-                if not search_matches(job.description, search):
+                if keep is not None and not keep(job):
                     continue
                 job.advance(self, now)
-                jobs.append(job)
+                shown.append(job)
             field_, _, order = (sort or "created").partition(":")
             if field_ == "status":
-                jobs.sort(key=lambda j: (j.status, j.created_emu), reverse=order == "desc")
+                shown.sort(key=lambda j: (j.status, j.created_emu), reverse=order == "desc")
             else:
-                jobs.sort(key=lambda j: j.created_emu, reverse=order == "desc")
-            return [self.view(j) for j in jobs]
+                shown.sort(key=lambda j: j.created_emu, reverse=order == "desc")
+            return shown
 
     # ----------------------------------------------------------------------------------------------- tiles
     def tile_view(self, job: Job, tile: Tile, now: float) -> dict[str, Any]:
@@ -791,7 +804,8 @@ class EmulatorState:
                 "token_generation": self.tokens.generation,
                 "jobs_created": self.jobs_created,
                 # bucket keys stay in memory: no file the emulator writes holds a credential
-                "jobs": [{**asdict(j), "body": out.without_credentials(j.body)} for j in self.jobs.values()],
+                "jobs": [_stored(j) for j in self.jobs.values()],
+                "stat_requests": [_stored(r) for r in self.stat_requests.values()],
                 "collections": self.collections,
                 "pu_budget": self.pu_budget,
             }
@@ -808,15 +822,24 @@ class EmulatorState:
             self.clock.set_now(float(data["emulated_seconds"]) + downtime * self.clock.scale)
             self.tokens.generation = int(data.get("token_generation", 0))
             self.jobs_created = int(data.get("jobs_created", 0))
+            from .statistical import StatRequest
+
             for raw in data.get("jobs", []):
-                raw["tiles"] = [Tile(**t) for t in raw["tiles"]]
-                raw["created_mono"] = float("-inf")
-                job = Job(**raw)
+                job = Job(**_revived(raw))
                 self.jobs[job.id] = job
+            for raw in data.get("stat_requests", []):
+                request = StatRequest(**_revived(raw))
+                self.stat_requests[request.id] = request
             self.collections = dict(data.get("collections", {}))
             self.pu_budget = data.get("pu_budget", self.pu_budget)
-            self._ids = random.Random(f"{self.config.seed}:ids:{len(self.jobs)}:{data['wall']}")
-            log.info("loaded %d jobs from %s", len(self.jobs), path)
+            loaded = len(self.jobs) + len(self.stat_requests)
+            self._ids = random.Random(f"{self.config.seed}:ids:{loaded}:{data['wall']}")
+            log.info(
+                "loaded %d jobs and %d statistical requests from %s",
+                len(self.jobs),
+                len(self.stat_requests),
+                path,
+            )
 
     def cleanup(self) -> None:
         """Called at server stop: persist, and remove the temp data dir if the emulator made it."""
@@ -824,6 +847,16 @@ class EmulatorState:
             self.save()
             if self.owns_data_dir:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _stored(job: Job) -> dict[str, Any]:
+    """A job or statistical request as the state file keeps it: every field, the body without bucket keys."""
+    return {**asdict(job), "body": out.without_credentials(job.body)}
+
+
+def _revived(raw: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a job or statistical request read back from the state file."""
+    return {**raw, "tiles": [Tile(**t) for t in raw["tiles"]], "created_mono": float("-inf")}
 
 
 def _bucket_refused(api: int, body: dict[str, Any], exc: out.DeliveryError) -> ApiError:

@@ -891,6 +891,7 @@ class StatisticalService:
             self.requests[request_id] = request
             st.jobs_created += 1
             log.info("created statistical request %s", request_id)
+            st.save()
             return request.view(st)
 
     def lookup(self, request_id: str) -> StatRequest:
@@ -930,31 +931,12 @@ class StatisticalService:
             now = self.st.clock.now()
             getattr(request, f"stat_{action}")(self.st, now)
             request.advance(self.st, now)
+            self.st.save()
 
     def list(self, sort: str | None) -> list[dict[str, Any]]:
-        from .state import SORTS
-
-        if sort is not None and sort not in SORTS:
-            raise bad_payload(
-                f"Invalid sort {sort!r}.",
-                [{"parameter": "sort", "violation": f"must be one of {', '.join(SORTS)}"}],
-            )
         st = self.st
         with st.lock:
-            now = st.clock.now()
-            window = st.faults.faults.not_found_after_create
-            items = []
-            for request in self.requests.values():
-                if window and time.monotonic() - request.created_mono < window:
-                    continue
-                request.advance(st, now)
-                items.append(request)
-            key, _, order = (sort or "created").partition(":")
-            if key == "status":
-                items.sort(key=lambda r: (r.status, r.created_emu), reverse=order == "desc")
-            else:
-                items.sort(key=lambda r: r.created_emu, reverse=order == "desc")
-            return [r.view(st) for r in items]
+            return [r.view(st) for r in st.listed(self.requests.values(), sort)]
 
     def force(self, request_id: str, status: str, error: str | None, reason: str | None) -> dict[str, Any]:
         st = self.st
@@ -969,6 +951,7 @@ class StatisticalService:
             if status == "STOPPED" and request.stopped_reason == "OUT_OF_PU":
                 request.out_of_pu_block_until = now + OUT_OF_PU_BLOCK
             request.advance(st, now)
+            st.save()
             return request.view(st)
 
     def configure(self, request_id: str, **changes: Any) -> dict[str, Any]:
@@ -987,6 +970,7 @@ class StatisticalService:
                     request.redraw_failures(st.clock.now())
             if "analysis_error" in changes:
                 request.analysis_error = changes["analysis_error"] or None
+            st.save()
             return request.view(st)
 
 
@@ -998,7 +982,7 @@ def register(app: FastAPI, st: EmulatorState) -> None:
     """Add the Batch Statistical routes and their ``/_emulator/statistical`` control routes to ``app``."""
     from fastapi.responses import JSONResponse, Response
 
-    from .app import _create_delay, _overrides, paginate, read_payload
+    from .app import _count_tiles, _create_delay, _overrides, paginate, read_payload
 
     service = StatisticalService(st)
     app.state.statistical = service
@@ -1061,7 +1045,7 @@ def register(app: FastAPI, st: EmulatorState) -> None:
                 "tile_failure_rate": r.tile_failure_rate,
                 "analysis_error": r.analysis_error,
                 "features": len(r.tiles),
-                "feature_statuses": _feature_counts(r, now),
+                "feature_statuses": _count_tiles(r, now),
                 "output_root": output_root(r.output_url, r.id) if r.output_url else None,
             }
             return view
@@ -1094,14 +1078,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("request body must be a JSON object")
     return data
-
-
-def _feature_counts(request: StatRequest, now: float) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for tile in request.tiles:
-        s = tile.status(now)
-        counts[s] = counts.get(s, 0) + 1
-    return counts
 
 
 def local_results(data_dir: Path, output_url: str, request_id: str) -> Path:

@@ -302,6 +302,58 @@ def test_no_credential_in_any_file_the_emulator_writes(tmp_path: Path) -> None:
         assert b"emulator-secret" not in content, path
 
 
+def test_state_file_keeps_statistical_requests_across_a_restart(tmp_path: Path) -> None:
+    """``--state-file``: requests, their features, costs, user actions and the OUT_OF_PU block survive a
+    restart; the file holds no bucket key."""
+    from airflow_provider_sentinel_batch.emulator import EmulatorConfig
+
+    config = EmulatorConfig(
+        port=0, time_scale=1e-6, data_dir=tmp_path / "data", state_file=tmp_path / "s.json"
+    )
+    with EmulatorServer(config) as first:
+        write_parcels(first.data_dir, count=5)
+        api = Api(first)
+        done = create(api)["id"]
+        api.post(f"{STAT}/{done}/start")
+        first.advance(10_000)
+        before_done = status(api, done)
+        assert before_done["status"] == "DONE" and len(results(first, done)) == 5
+        analysing = create(api)["id"]
+        assert api.post(f"{STAT}/{analysing}/analyse").status_code == 204
+        stopped = create(api)["id"]
+        forced = api.post(
+            f"/_emulator/statistical/{stopped}/force",
+            json={"status": "STOPPED", "stoppedStatusReason": "OUT_OF_PU"},
+        )
+        assert forced.status_code == 200
+        listed = [r["id"] for r in api.get(STAT).json()["data"]]
+    text = config.state_file.read_text()  # type: ignore[union-attr]
+    assert "SK-secret" not in text and "secretAccessKey" not in text and "accessKey" not in text
+    assert {r["id"] for r in json.loads(text)["stat_requests"]} == {analysing, done, stopped}
+
+    with EmulatorServer(config) as second:
+        api.server = second  # same credentials and seed: the old token is still valid
+        assert [r["id"] for r in api.get(STAT).json()["data"]] == listed
+        assert second.stats()["jobs_created"] == 3
+        again = status(api, done)
+        assert (again["status"], again["costPU"], again["completionPercentage"]) == (
+            "DONE",
+            before_done["costPU"],
+            100.0,
+        )
+        view = api.get(f"{STAT}/{analysing}").json()
+        assert (view["status"], view["userAction"]) == ("ANALYSING", "ANALYSE")
+        assert "accessKey" not in json.dumps(view["request"])  # the keys stayed with the first process
+        blocked = api.post(f"{STAT}/{stopped}/start")  # the 60-minute OUT_OF_PU block is kept too
+        assert blocked.status_code == 400 and "within 60 minutes" in blocked.text
+        second.advance(100)
+        assert status(api, analysing)["status"] == "ANALYSIS_DONE"
+        assert api.post(f"{STAT}/{analysing}/start").status_code == 204
+        second.advance(10_000)
+        assert status(api, analysing)["status"] == "DONE" and len(results(second, analysing)) == 5
+        assert create(api)["id"] not in {analysing, done, stopped}
+
+
 @pytest.mark.parametrize(
     ("of", "behaviour", "expected"),
     [
