@@ -466,31 +466,21 @@ def write_stored(context: Mapping[str, Any], stored: StoredJob, log: Logger) -> 
 SETTLE_PAUSES: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 10.0)
 
 
+@dataclass(kw_only=True)
 class TaskJobs:
     """The create operator's identity steps against the service: find this task instance's job (task state
     store first, then the tag search), record it, and converge with concurrent executions after a create."""
 
-    def __init__(
-        self,
-        *,
-        hook: SentinelBatchHook,
-        api_version: str,
-        tag: str,
-        fingerprint: str,
-        log: Logger,
-        sleep: Callable[[float], None] = time.sleep,
-        settle_pauses: Sequence[float] = SETTLE_PAUSES,
-    ) -> None:
-        self.hook = hook
-        self.api_version = api_version
-        self.tag = tag
-        self.fingerprint = fingerprint
-        self.log = log
-        self.sleep = sleep
-        self.settle_pauses = settle_pauses
-        self.decision: Decision | None = None
-        self.found_in: str | None = None
-        """Where :meth:`find` found the request: ``"store"``, ``"search"`` or ``None``."""
+    hook: SentinelBatchHook
+    api_version: str
+    tag: str
+    fingerprint: str
+    log: Logger
+    sleep: Callable[[float], None] = time.sleep
+    settle_pauses: Sequence[float] = SETTLE_PAUSES
+    decision: Decision | None = field(default=None, init=False)
+    found_in: str | None = field(default=None, init=False)
+    """Where :meth:`find` found the request: ``"store"``, ``"search"`` or ``None``."""
 
     def tagged(self) -> list[Job]:
         """Every request of this task instance (one paginated list call): v1/v2 by the tag search; Batch
@@ -555,26 +545,26 @@ class TaskJobs:
 
     def find(self, context: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any] | None:
         """The request a retry or rerun re-attaches to, or ``None`` when a new one must be created."""
-        request = self.from_store(context)
-        if request is not None:
-            self.found_in = "store"
-            self.log.info(
-                "Re-attaching to batch request %s (%s), recorded by an earlier try in Airflow's task state store; "
-                "not creating a new one",
-                request.get("id"),
-                request.get("status"),
-            )
-            return request
-        request = self.search(payload)
-        if request is not None:
-            self.found_in = "search"
-            self.log.info(
-                "Re-attaching to batch request %s (%s) created by an earlier try of this task; not creating a new "
-                "one",
-                request.get("id"),
-                request.get("status"),
-            )
-        return request
+        places: tuple[tuple[str, Callable[[], dict[str, Any] | None], str], ...] = (
+            (
+                "store",
+                lambda: self.from_store(context),
+                ", recorded by an earlier try in Airflow's task state store",
+            ),
+            ("search", lambda: self.search(payload), " created by an earlier try of this task"),
+        )
+        for place, look, how in places:
+            request = look()
+            if request is not None:
+                self.found_in = place
+                self.log.info(
+                    "Re-attaching to batch request %s (%s)%s; not creating a new one",
+                    request.get("id"),
+                    request.get("status"),
+                    how,
+                )
+                return request
+        return None
 
     def stop_superseded(self) -> None:
         """Stop (v2) / cancel (v1) superseded requests that are still running (``stop_superseded=True``)."""

@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_sentinel_batch.exceptions import SentinelBatchValidationError
-from airflow_provider_sentinel_batch.validation import time_range_problems
+from airflow_provider_sentinel_batch.validation import data_problems, time_range_problems
 
 #: The value of ``api`` / ``api_version`` arguments that selects Batch Statistical.
 STATISTICAL = "statistical"
 
 STATUSES = ("CREATED", "ANALYSING", "ANALYSIS_DONE", "PROCESSING", "DONE", "FAILED", "STOPPED")
 TERMINAL = frozenset({"DONE", "FAILED", "STOPPED"})
-STOPPED_REASONS = ("OUT_OF_PU", "USER_ACTION", "UNHEALTHY")
 RESTART_BLOCK_MINUTES = {"USER_ACTION": 30, "OUT_OF_PU": 60}
 
 MAX_INLINE_EVALSCRIPT_BYTES = 32 * 1024
@@ -226,13 +225,7 @@ def statistical_payload_problems(payload: Any) -> list[str]:
         problems += _s3_problems(
             source.get("features"), "input.features", "where the GeoPackage of polygons is"
         )
-        data = source.get("data")
-        if not isinstance(data, list) or not data:
-            problems.append("input.data must list at least one data collection")
-        else:
-            for i, item in enumerate(data):
-                if not isinstance(item, Mapping) or not item.get("type"):
-                    problems.append(f"input.data[{i}].type is missing (e.g. 'sentinel-2-l2a')")
+        problems += data_problems(source.get("data"), "input.data")
     aggregation = payload.get("aggregation")
     if not isinstance(aggregation, Mapping):
         problems.append(

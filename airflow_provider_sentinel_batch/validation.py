@@ -7,7 +7,7 @@ does not offer, Zarr on a UTM grid. Grid id ``0`` is a real grid (the Corsica on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -121,20 +121,32 @@ def time_range_problems(time_range: Mapping[str, Any], where: str, *, example: s
     return problems
 
 
+def data_problems(
+    data: Any, where: str, item_problems: Callable[[Mapping[str, Any], str], list[str]] | None = None
+) -> list[str]:
+    """``<where>`` (a request's ``input.data``) must list data collections, each with a ``type``;
+    ``item_problems(item, "<where>[i]")`` adds checks of each collection."""
+    if not isinstance(data, list) or not data:
+        return [f"{where} must list at least one data collection"]
+    problems: list[str] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, Mapping) or not item.get("type"):
+            problems.append(f"{where}[{i}].type is missing (e.g. 'sentinel-2-l2a')")
+        if isinstance(item, Mapping) and item_problems is not None:
+            problems += item_problems(item, f"{where}[{i}]")
+    return problems
+
+
 def _process_request_problems(payload: Mapping[str, Any]) -> list[str]:
     process_request = payload.get("processRequest")
     if not isinstance(process_request, Mapping):
         return ["'processRequest' is missing (the Process API request: input, output.responses, evalscript)"]
     problems = _bounds_problems(process_request)
-    data = (process_request.get("input") or {}).get("data")
-    if not isinstance(data, list) or not data:
-        problems.append("processRequest.input.data must list at least one data collection")
-    else:
-        for i, item in enumerate(data):
-            if not isinstance(item, Mapping) or not item.get("type"):
-                problems.append(f"processRequest.input.data[{i}].type is missing (e.g. 'sentinel-2-l2a')")
-            if isinstance(item, Mapping):
-                problems += _time_range_problems(item, f"processRequest.input.data[{i}].dataFilter.timeRange")
+    problems += data_problems(
+        (process_request.get("input") or {}).get("data"),
+        "processRequest.input.data",
+        lambda item, where: _time_range_problems(item, f"{where}.dataFilter.timeRange"),
+    )
     evalscript = process_request.get("evalscript")
     if not isinstance(evalscript, str) or not evalscript.strip():
         problems.append("processRequest.evalscript is missing or empty")

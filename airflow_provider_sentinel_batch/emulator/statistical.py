@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import NormalDist
@@ -66,18 +66,23 @@ _INPUT_BANDS = re.compile(r"input\s*:\s*\[?\s*\{[^}]*bands\s*:\s*\[([^\]]*)\]", 
 
 
 # ------------------------------------------------------------------------------------------- validation
-@dataclass
+@dataclass(kw_only=True)
 class StatPlan:
     """What a valid create payload means: where the polygons are, the intervals, outputs and delivery."""
 
-    features_url: str
-    output_url: str
-    intervals: list[tuple[str, str]]
-    evalscript: str | None
-    evalscript_url: str | None
-    resolution: tuple[float, float] | None
-    size: tuple[int, int] | None
-    input_bands: int
+    features_url: str = ""
+    output_url: str = ""
+    intervals: list[tuple[str, str]] = field(default_factory=list)
+    evalscript: str | None = None
+    evalscript_url: str | None = None
+    resolution: tuple[float, float] | None = None
+    size: tuple[int, int] | None = None
+    input_bands: int = 3
+
+    def stored(self) -> dict[str, Any]:
+        """The plan as a request keeps it (JSON types: it goes into the state file)."""
+        plan: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return plan
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -151,15 +156,15 @@ def validate_statistical(payload: object) -> StatPlan:
     """Every problem of a create payload at once, as the service's ``errors`` list (400 otherwise)."""
     err = _Errors()
     body = _require_object(payload, err)
+    plan = StatPlan()
     inp = _obj(body.get("input"))
-    features_url = ""
     if inp is None:
         err.add("input", "is required (features and data)")
     else:
         if inp.get("features") is None:
             err.add("input->features", "is required (the GeoPackage with the polygons, input->features->s3)")
         else:
-            features_url = _s3_url(inp["features"], "input->features", err)
+            plan.features_url = _s3_url(inp["features"], "input->features", err)
         data = inp.get("data")
         if not isinstance(data, list) or not data:
             err.add("input->data", "must be a non-empty array")
@@ -167,23 +172,18 @@ def validate_statistical(payload: object) -> StatPlan:
             for i, item in enumerate(data):
                 _data_item(item, f"input->data[{i}]", err)
     agg = _obj(body.get("aggregation"))
-    intervals: list[tuple[str, str]] = []
-    evalscript: str | None = None
-    evalscript_url: str | None = None
-    resolution: tuple[float, float] | None = None
-    size: tuple[int, int] | None = None
     if agg is None:
         err.add(
             "aggregation",
             "is required (timeRange, aggregationInterval, evalscript, resx/resy or width/height)",
         )
     else:
-        intervals = _aggregation_intervals(agg, err)
+        plan.intervals = _aggregation_intervals(agg, err)
         has_script, has_ref = agg.get("evalscript") is not None, agg.get("evalscriptReference") is not None
         if has_script and has_ref:
             err.add("aggregation->evalscript", "evalscript and evalscriptReference are mutually exclusive")
         elif has_ref:
-            evalscript_url = _s3_url(agg["evalscriptReference"], "aggregation->evalscriptReference", err)
+            plan.evalscript_url = _s3_url(agg["evalscriptReference"], "aggregation->evalscriptReference", err)
         elif not has_script:
             err.add("aggregation->evalscript", "either evalscript or evalscriptReference is required")
         elif not isinstance(agg["evalscript"], str) or not agg["evalscript"].strip():
@@ -194,16 +194,15 @@ def validate_statistical(payload: object) -> StatPlan:
                 "is larger than 32 KB; store it in a bucket and use evalscriptReference",
             )
         else:
-            evalscript = agg["evalscript"]
-        resolution, size = _sampling(agg, err)
+            plan.evalscript = agg["evalscript"]
+        plan.resolution, plan.size = _sampling(agg, err)
     calculations = body.get("calculations")
     if calculations is not None:
         _calculations(calculations, err)
-    output_url = ""
     if body.get("output") is None:
         err.add("output", "is required (output->s3->url)")
     else:
-        output_url = _s3_url(body["output"], "output", err)
+        plan.output_url = output_url = _s3_url(body["output"], "output", err)
         if "<" in output_url:
             unknown = [p for p in re.findall(r"<[^<>]*>", output_url) if p not in OUTPUT_PLACEHOLDERS]
             if unknown:
@@ -214,19 +213,11 @@ def validate_statistical(payload: object) -> StatPlan:
             elif "<ID>" not in output_url and "<IDENTIFIER>" not in output_url:
                 err.add("output->s3->url", "a URL template must contain <ID> or <IDENTIFIER>")
     err.raise_if_any()
-    script = evalscript or ""
-    match = _INPUT_BANDS.search(script)
-    bands = len(re.findall(r"[\"']([^\"']+)[\"']", match.group(1))) if match else 3
-    return StatPlan(
-        features_url=features_url,
-        output_url=output_url,
-        intervals=intervals,
-        evalscript=evalscript,
-        evalscript_url=evalscript_url,
-        resolution=resolution,
-        size=size,
-        input_bands=max(1, bands - (1 if "dataMask" in (match.group(1) if match else "") else 0)),
-    )
+    match = _INPUT_BANDS.search(plan.evalscript or "")
+    if match:  # the bands an evalscript reads (dataMask aside); 3 when it does not say
+        bands = len(re.findall(r"[\"']([^\"']+)[\"']", match.group(1)))
+        plan.input_bands = max(1, bands - (1 if "dataMask" in match.group(1) else 0))
+    return plan
 
 
 def _aggregation_intervals(agg: dict[str, Any], err: _Errors) -> list[tuple[str, str]]:
@@ -873,15 +864,7 @@ class StatisticalService:
                 analysis_error=analysis_error,
                 user_action_emu=now,
                 last_updated_emu=now,
-                plan={
-                    "features_url": plan.features_url,
-                    "intervals": [list(i) for i in plan.intervals],
-                    "evalscript": plan.evalscript,
-                    "evalscript_url": plan.evalscript_url,
-                    "resolution": list(plan.resolution) if plan.resolution else None,
-                    "size": list(plan.size) if plan.size else None,
-                    "input_bands": plan.input_bands,
-                },
+                plan=plan.stored(),
                 account_id=st.account_id,
             )
             if (
