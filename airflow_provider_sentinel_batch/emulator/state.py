@@ -385,14 +385,15 @@ class EmulatorState:
                 r.cost_pu(t) for r in self.stat_requests.values()
             )
 
-    def check_pu_balance(self) -> None:
+    def check_pu_balance(self, needs: str = "batch processing needs") -> None:
+        """The service's 403 when the account holds less than 1000 PU (``needs`` names what asked)."""
         if self.pu_budget is None:
             return
         left = self.pu_budget - self.pu_spent()
         if left < MIN_PU_BALANCE:
             raise ApiError(
                 403,
-                f"Insufficient processing units: batch processing needs at least {MIN_PU_BALANCE:.0f} PU "
+                f"Insufficient processing units: {needs} at least {MIN_PU_BALANCE:.0f} PU "
                 f"on the account ({max(left, 0):.1f} PU left).",
                 "COMMON_INSUFFICIENT_PERMISSIONS",
             )

@@ -794,26 +794,9 @@ def _s3_keys(body: Any, *path: str) -> BucketKeys | None:
     return None
 
 
-def _output_keys(payload: Any) -> BucketKeys | None:
-    s3 = ((payload.get("output") or {}).get("s3") or {}) if isinstance(payload, dict) else {}
-    access, secret = s3.get("accessKey"), s3.get("secretAccessKey")
-    if isinstance(access, str) and isinstance(secret, str) and access and secret:
-        return BucketKeys(access, secret)
-    return None
-
-
 def check_balance(st: EmulatorState) -> None:
     """Create, analyse and start need at least 1000 PU on the account."""
-    if st.pu_budget is None:
-        return
-    left = st.pu_budget - st.pu_spent()
-    if left < MIN_PU_BALANCE:
-        raise ApiError(
-            403,
-            f"Insufficient processing units: batch statistical requests need at least {MIN_PU_BALANCE:.0f} PU "
-            f"on the account ({max(left, 0):.1f} PU left).",
-            "COMMON_INSUFFICIENT_PERMISSIONS",
-        )
+    st.check_pu_balance("batch statistical requests need")
 
 
 # --------------------------------------------------------------------------------------------- service
@@ -870,7 +853,7 @@ class StatisticalService:
             if (
                 st.outputs.s3 is not None
             ):  # delivery over S3: the request's output keys, else the policy stand-in
-                st.outputs.keys[request_id] = _output_keys(payload) or st.outputs.s3.config.policy_keys
+                st.outputs.keys[request_id] = _s3_keys(payload, "output") or st.outputs.s3.config.policy_keys
             self.requests[request_id] = request
             st.jobs_created += 1
             log.info("created statistical request %s", request_id)
