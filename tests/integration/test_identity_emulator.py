@@ -321,7 +321,8 @@ def test_concurrent_executions_converge_on_one_job(emu, version):
 
 
 # ---------------------------------------------------------------------------------------------- real Airflow
-def crash_dag_source(version: str, dag_id: str) -> str:
+def crash_dag_source(version: str, dag_id: str, body: dict[str, Any] | None = None) -> str:
+    """A DAG whose create task (payload ``body``, by default the Corsica job) dies right after its first create."""
     return f'''
 import json
 from datetime import datetime, timedelta
@@ -329,7 +330,7 @@ from datetime import datetime, timedelta
 from airflow.providers.common.compat.sdk import DAG
 from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator
 
-PAYLOAD = json.loads({json.dumps(payload(version))!r})
+PAYLOAD = json.loads({json.dumps(body or payload(version))!r})
 
 
 class CrashAfterCreate(SentinelBatchCreateOperator):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import textwrap
 from typing import Any
 
 import pytest
@@ -16,7 +15,13 @@ from airflow_provider_sentinel_batch.emulator import EmulatorServer
 from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator
 from tests.emulator.helpers import Api
 from tests.emulator.stat_helpers import STAT, stat_payload, write_parcels
-from tests.integration.test_identity_emulator import LOGGER, MemoryStore, _has_task_state_store, context
+from tests.integration.test_identity_emulator import (
+    LOGGER,
+    MemoryStore,
+    _has_task_state_store,
+    context,
+    crash_dag_source,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.sentinel_batch_emulator(time_scale=1.0)]
 
@@ -197,39 +202,12 @@ def test_concurrent_executions_converge_on_the_oldest_request(emu, monkeypatch, 
     assert "stays CREATED (the API can neither delete nor rename it)" in caplog.text
 
 
-def crash_dag(dag_id: str) -> str:
-    return textwrap.dedent(
-        f'''
-        import json
-        from datetime import datetime, timedelta
-
-        from airflow.providers.common.compat.sdk import DAG
-        from airflow_provider_sentinel_batch.operators.batch import SentinelBatchCreateOperator
-
-        PAYLOAD = json.loads({json.dumps(stat_payload())!r})
-
-
-        class CrashAfterCreate(SentinelBatchCreateOperator):
-            def execute(self, context):
-                request_id = super().execute(context)
-                if context["ti"].try_number <= 1:
-                    raise RuntimeError("worker lost right after create (injected)")
-                return request_id
-
-
-        with DAG("{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False) as dag:
-            CrashAfterCreate(
-                task_id="create", payload=PAYLOAD, api_version="statistical", retries=1, retry_delay=timedelta(0)
-            )
-        '''
-    )
-
-
 def test_airflow_retry_reattaches_through_the_task_state_store_or_the_payload(dag_runner, emu):
     """Real task runs (dag.test): Airflow 3.3 hands the task its state store, 2.11 has none and lists."""
     from tests.integration.harness import AIRFLOW_V_3
 
-    result = dag_runner(crash_dag("stat_identity_retry"), "stat_identity_retry", disable_retries=False)
+    source = crash_dag_source("statistical", "stat_identity_retry", stat_payload())
+    result = dag_runner(source, "stat_identity_retry", disable_retries=False)
     assert result.succeeded, result.describe()
     assert result.task("create").try_number == 2
     assert emu.stats()["jobs_created"] == 1
