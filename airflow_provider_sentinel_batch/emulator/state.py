@@ -329,6 +329,22 @@ class EmulatorState:
         with self.lock:
             self.job_overrides.extend(dict(overrides) for _ in range(max(1, count)))
 
+    def next_job_settings(self, overrides: dict[str, Any] | None, emulated_failure: str) -> dict[str, Any]:
+        """The settings of a job being created: the faults' tile failure rate, then the next queued overrides,
+        then the create call's own; ``analysis_error`` is ``emulated_failure`` at the analysis failure rate
+        unless one was set."""
+        with self.lock:
+            settings: dict[str, Any] = {"tile_failure_rate": self.faults.faults.tile_failure_rate}
+            if self.job_overrides:
+                settings.update(self.job_overrides.pop(0))
+            settings.update(overrides or {})
+            if (
+                settings.get("analysis_error") is None
+                and self._analysis_rng.random() < self.faults.faults.analysis_failure_rate
+            ):
+                settings["analysis_error"] = emulated_failure
+            return settings
+
     def configure_job(
         self,
         job_id: str,
@@ -450,16 +466,10 @@ class EmulatorState:
             if api == 2:
                 self.check_pu_balance()
             now = self.clock.now()
-            settings: dict[str, Any] = {"tile_failure_rate": self.faults.faults.tile_failure_rate}
-            if self.job_overrides:
-                settings.update(self.job_overrides.pop(0))
-            settings.update(overrides or {})
+            settings = self.next_job_settings(
+                overrides, "Analysis failed: no data could be found for the request (emulated failure)."
+            )
             analysis_error = settings.get("analysis_error")
-            if (
-                analysis_error is None
-                and self._analysis_rng.random() < self.faults.faults.analysis_failure_rate
-            ):
-                analysis_error = "Analysis failed: no data could be found for the request (emulated failure)."
             if analysis_error is None and "evaluatePixel" not in plan.evalscript:
                 analysis_error = (
                     "Failed to evaluate script!\nevalscript.js: ReferenceError: evaluatePixel is not defined"

@@ -816,15 +816,9 @@ class StatisticalService:
         with st.lock:
             check_balance(st)
             now = st.clock.now()
-            settings: dict[str, Any] = {"tile_failure_rate": st.faults.faults.tile_failure_rate}
-            if st.job_overrides:
-                settings.update(st.job_overrides.pop(0))
-            settings.update(overrides or {})
-            analysis_error = settings.get("analysis_error")
-            if analysis_error is None and st._analysis_rng.random() < st.faults.faults.analysis_failure_rate:
-                analysis_error = (
-                    "Analysis failed: the input features could not be processed (emulated failure)."
-                )
+            settings = st.next_job_settings(
+                overrides, "Analysis failed: the input features could not be processed (emulated failure)."
+            )
             request_id = str(uuid.UUID(int=st._ids.getrandbits(128), version=4))
             request = StatRequest(
                 id=request_id,
@@ -844,7 +838,7 @@ class StatisticalService:
                 output_url=plan.output_url,
                 tile_failure_rate=float(settings.get("tile_failure_rate") or 0.0),
                 retry_tile_failure_rate=float(settings.get("retry_tile_failure_rate") or 0.0),
-                analysis_error=analysis_error,
+                analysis_error=settings.get("analysis_error"),
                 user_action_emu=now,
                 last_updated_emu=now,
                 plan=plan.stored(),
