@@ -201,13 +201,6 @@ class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
                 return dict(decision.job.request)
         raise exc
 
-    def _fingerprint(self, payload: dict[str, Any]) -> str:
-        """v1/v2: the fingerprint in the request's label. Batch Statistical: of the payload as it is sent (a
-        ``bucket_conn_id`` region included, keys aside), as it is compared with the service's copy of each request."""
-        if self.version == "statistical":
-            return identity.fingerprint(self.version, self._with_bucket_credentials(payload))
-        return identity.fingerprint(self.version, payload)
-
     def execute(self, context: Context) -> str:
         """Re-attach to this task instance's request, or create it; returns the request id."""
         tag = idempotency_tag(context)
@@ -216,7 +209,7 @@ class SentinelBatchCreateOperator(ReportsLineage, SentinelBatchBaseOperator):
             hook=self.hook,
             api_version=self.version,
             tag=tag,
-            fingerprint=self._fingerprint(payload),
+            fingerprint=identity.fingerprint(self.version, payload),
             log=self.log,
         )
         if self.reuse_existing:
