@@ -24,7 +24,7 @@ from typing import Any
 DEFAULT_REQUESTS_PER_MINUTE: dict[str, float | None] = {
     "sentinel-hub-eu": 300.0,
     "sentinel-hub-us": 300.0,
-    "cdse": 300.0,
+    "copernicus-dataspace": 300.0,
     "custom": None,  # your own endpoint (the emulator): unlimited unless the connection says
 }
 

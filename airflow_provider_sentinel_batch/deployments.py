@@ -16,6 +16,10 @@ from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
 
 API_VERSIONS = ("v1", "v2")
 DEFAULT_API_VERSION = "v2"
+#: How a connection's ``api_version`` extra may be written: the number (what the connection form writes: Airflow 3
+#: logs "Skipping masking for a secret as it's too short" for every *string* extra value under 5 characters,
+#: numbers are not registered with its masker) or the names tasks use.
+_CONNECTION_API_VERSIONS: dict[Any, str] = {1: "v1", 2: "v2", "1": "v1", "2": "v2", "v1": "v1", "v2": "v2"}
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ DEPLOYMENTS: dict[str, Deployment] = {
         "main",
         "Sentinel Hub US West",
     ),
-    "cdse": Deployment(
-        "cdse",
+    "copernicus-dataspace": Deployment(
+        "copernicus-dataspace",
         "https://sh.dataspace.copernicus.eu",
         "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token",
         "https://shapps.dataspace.copernicus.eu/dashboard/#/batch",
@@ -59,6 +63,9 @@ DEPLOYMENTS: dict[str, Deployment] = {
     ),
 }
 DEPLOYMENT_NAMES = (*DEPLOYMENTS, "custom")
+#: Other spellings of a deployment still read from connections (names under 5 characters make Airflow 3 log
+#: "Skipping masking for a secret as it's too short" when a task reads the connection).
+DEPLOYMENT_ALIASES = {"cdse": "copernicus-dataspace"}
 
 
 def is_loopback(url: str) -> bool:
@@ -129,9 +136,10 @@ def connection_extra(conn: Any) -> dict[str, Any]:
     """The connection's extras as a dict, read without Airflow's secrets masker.
 
     ``Connection.extra_dejson`` registers every extra value with the masker, which logs "Skipping masking for a
-    secret as it's too short" for any value under 5 characters (``api_version`` "v2", ``deployment`` "cdse")
-    whatever its key. None of this connection's extras is a secret (the client secret is the password, which
-    Airflow masks when it loads the connection), so they are parsed here instead.
+    secret as it's too short" for any string value under 5 characters whatever its key. None of this
+    connection's extras is a secret (the client secret is the password, which Airflow masks when it loads the
+    connection), so they are parsed here instead. (Airflow 3's own connection lookup still reads
+    ``extra_dejson`` once, which is why the values the form writes are numbers or at least 5 characters long.)
     """
     raw = getattr(conn, "extra", None)
     if isinstance(raw, dict):
@@ -222,14 +230,6 @@ class ConnectionSettings:
 API_FAMILIES = (*API_VERSIONS, "statistical")
 
 
-def check_api_version(api_version: str | None) -> str:
-    """The Batch API version of a connection normalised (``v1`` | ``v2``, default ``v2``); a clear error otherwise."""
-    version = (api_version or DEFAULT_API_VERSION).lower()
-    if version not in API_VERSIONS:
-        raise SentinelBatchConfigError(f"api_version must be 'v1' or 'v2', got {api_version!r}.")
-    return version
-
-
 def check_api_family(api_version: str | None) -> str:
     """A task's or hook's ``api_version``: ``v1`` | ``v2`` | ``statistical`` (Batch Statistical), default ``v2``."""
     version = (api_version or DEFAULT_API_VERSION).lower()
@@ -257,6 +257,7 @@ def settings_from_connection(
             "(in URI form the scheme must be 'sentinel-batch://id:secret@...': '_' is not allowed in a URI scheme)."
         )
     name = str(extra.get("deployment") or "").strip().lower() or None
+    name = DEPLOYMENT_ALIASES.get(name, name) if name else None
     base_url = extra.get("base_url") or None
     # "auth_url": Airflow hides extra values whose key contains "token" (the edit form shows ***, logs too);
     # "token_url" is still read for connections made before.
@@ -283,11 +284,21 @@ def settings_from_connection(
         client_secret=conn.password,
         base_url=check_transport(str(base_url), "base URL"),
         token_url=check_transport(str(token_url), "token URL"),
-        api_version=check_api_version(extra.get("api_version")),
+        api_version=_connection_api_version(extra.get("api_version"), where),
         deployment=name,
         conn_id=conn_id,
         requests_per_minute=_requests_per_minute(extra.get("requests_per_minute"), name, where),
     )
+
+
+def _connection_api_version(value: Any, where: str) -> str:
+    """The connection's default Batch API version: ``2``/``1`` (numbers, as the form writes them) or ``v2``/``v1``."""
+    if value is None or value == "":
+        return DEFAULT_API_VERSION
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or not isinstance(key, (str, int)) or key not in _CONNECTION_API_VERSIONS:
+        raise SentinelBatchConfigError(f"{where}: api_version must be 2 or 1 (or 'v2'/'v1'), got {value!r}.")
+    return _CONNECTION_API_VERSIONS[key]
 
 
 def _requests_per_minute(value: Any, deployment: str, where: str) -> float | None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-DEPLOYMENT_CHOICES = ["sentinel-hub-eu", "sentinel-hub-us", "cdse", "custom"]
+DEPLOYMENT_CHOICES = ["sentinel-hub-eu", "sentinel-hub-us", "copernicus-dataspace", "custom"]
 #: What the connection form shows for each deployment (the same presets as ``deployments.DEPLOYMENTS``).
 DEPLOYMENT_LABELS = {
     "sentinel-hub-eu": "Sentinel Hub EU (services.sentinel-hub.com)",
     "sentinel-hub-us": "Sentinel Hub US West (services-uswest2.sentinel-hub.com)",
-    "cdse": "Copernicus Data Space Ecosystem (sh.dataspace.copernicus.eu)",
+    "copernicus-dataspace": "Copernicus Data Space Ecosystem (sh.dataspace.copernicus.eu)",
     "custom": "Custom: the two URLs below",
 }
 _PRESETS = (
@@ -113,13 +113,15 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Default Batch API version",
                         "description": "Empty = v2, the current API; v1 is deprecated upstream but fully "
                         "supported. Tasks may override it.",
+                        # numbers, not "v2"/"v1": Airflow 3 logs "Skipping masking for a secret as it's too short"
+                        # for every string extra value under 5 characters when a task reads the connection
                         "schema": {
-                            "type": ["string", "null"],
-                            "enum": ["v2", "v1", None],
+                            "type": ["integer", "null"],
+                            "enum": [2, 1, None],
                             "values_display": {
                                 "null": "Not set: v2",
-                                "v2": "v2 (current)",
-                                "v1": "v1 (deprecated upstream)",
+                                "2": "v2 (current)",
+                                "1": "v1 (deprecated upstream)",
                             },
                         },
                     },

@@ -153,12 +153,13 @@ class EmulatorServer(Service):
     def airflow_conn_json(self, api_version: str = "v2") -> str:
         """Value for ``AIRFLOW_CONN_<CONN_ID>``: a ``sentinel_batch`` connection pointing here.
 
-        ``api_version`` is left out when it is the default (v2): Airflow 3 logs "Skipping masking for a secret
-        as it's too short" for any extra value under 5 characters.
+        ``api_version`` is left out when it is the default (v2), and written as a number otherwise (``1``), as the
+        connection form does: Airflow 3 logs "Skipping masking for a secret as it's too short" for any string
+        extra value under 5 characters.
         """
-        extra = {"deployment": "custom", "base_url": self.base_url, "auth_url": self.token_url}
+        extra: dict[str, Any] = {"deployment": "custom", "base_url": self.base_url, "auth_url": self.token_url}
         if api_version != "v2":
-            extra["api_version"] = api_version
+            extra["api_version"] = int(api_version.removeprefix("v"))
         return json.dumps(
             {
                 "conn_type": "sentinel_batch",

@@ -128,7 +128,7 @@ class SentinelBatchHook(BaseHook):
             "api_version": StringField(
                 lazy_gettext("Default Batch API version"),
                 widget=BS3TextFieldWidget(),
-                description="Empty = v2 (current); or v1.",
+                description="Empty = v2 (current); 1 = v1.",
             ),
         }
 

@@ -93,7 +93,8 @@ class Conn:
     ("extra", "expected"),
     [
         ({}, DEFAULT_REQUESTS_PER_MINUTE["sentinel-hub-eu"]),
-        ({"deployment": "cdse"}, DEFAULT_REQUESTS_PER_MINUTE["cdse"]),
+        ({"deployment": "copernicus-dataspace"}, DEFAULT_REQUESTS_PER_MINUTE["copernicus-dataspace"]),
+        ({"deployment": "cdse"}, DEFAULT_REQUESTS_PER_MINUTE["copernicus-dataspace"]),
         ({"requests_per_minute": 600}, 600.0),
         ({"requests_per_minute": "120"}, 120.0),
         ({"requests_per_minute": 0}, None),

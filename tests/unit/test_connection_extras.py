@@ -142,7 +142,7 @@ async def test_the_trigger_reads_the_connection_the_same_way(monkeypatch):
     }
     monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
     settings = await settings_for_conn_id("sentinel_batch_default")
-    assert (settings.deployment, settings.api_version) == ("cdse", "v1")
+    assert (settings.deployment, settings.api_version) == ("copernicus-dataspace", "v1")
     assert settings == SentinelBatchHook().settings
 
 
@@ -158,3 +158,50 @@ def test_an_extra_that_is_not_json_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
     with pytest.raises(SentinelBatchConfigError, match="not a JSON object"):
         _ = SentinelBatchHook().settings
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # what the connection form writes: numbers and names of 5+ characters (nothing for the masker to skip)
+        ({"deployment": "copernicus-dataspace", "api_version": 1}, ("copernicus-dataspace", "v1")),
+        ({"deployment": "sentinel-hub-us", "api_version": 2}, ("sentinel-hub-us", "v2")),
+        ({"api_version": None}, ("sentinel-hub-eu", "v2")),
+        # what older connections and URIs hold keeps working
+        ({"deployment": "cdse", "api_version": "v1"}, ("copernicus-dataspace", "v1")),
+        ({"deployment": "CDSE", "api_version": "V2"}, ("copernicus-dataspace", "v2")),
+        ({"api_version": "1"}, ("sentinel-hub-eu", "v1")),
+        ({"api_version": ""}, ("sentinel-hub-eu", "v2")),
+    ],
+)
+def test_deployment_and_api_version_spellings(monkeypatch, extra, expected):
+    conn = {"conn_type": "sentinel_batch", "login": "client-1", "password": "a-secret-value", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    settings = SentinelBatchHook().settings
+    assert (settings.deployment, settings.api_version) == expected
+    if expected[0] == "copernicus-dataspace":
+        assert settings.base_url == "https://sh.dataspace.copernicus.eu"
+
+
+@pytest.mark.parametrize("value", [3, "v3", True, [2], "statistical"])
+def test_a_wrong_api_version_names_the_accepted_values(monkeypatch, value):
+    from airflow_provider_sentinel_batch.exceptions import SentinelBatchConfigError
+
+    conn = {
+        "conn_type": "sentinel_batch",
+        "login": "c",
+        "password": "a-secret-value",
+        "extra": {"api_version": value},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", json.dumps(conn))
+    with pytest.raises(SentinelBatchConfigError, match=r"api_version must be 2 or 1 \(or 'v2'/'v1'\)"):
+        _ = SentinelBatchHook().settings
+
+
+def test_the_form_writes_no_value_under_5_characters():
+    """Every value the 3.x form can write is a number, empty, or a string Airflow 3's masker does not skip."""
+    (entry,) = get_provider_info()["connection-types"]
+    for key, field in entry["conn-fields"].items():
+        for value in field["schema"].get("enum", []):
+            assert value is None or not isinstance(value, str) or len(value) >= 5, (key, value)
+    assert 1 in entry["conn-fields"]["api_version"]["schema"]["enum"]  # the check reads the enums it means

@@ -498,7 +498,7 @@ def test_connection_presets_and_overrides(conn_env, monkeypatch):
         f"sentinel-batch://{CLIENT_ID}:{SECRET}@?deployment=cdse&api_version=v1",
     )
     s = SentinelBatchHook().settings
-    assert (s.deployment, s.api_version, s.client_secret) == ("cdse", "v1", SECRET)
+    assert (s.deployment, s.api_version, s.client_secret) == ("copernicus-dataspace", "v1", SECRET)
 
 
 @pytest.mark.parametrize(
@@ -510,7 +510,7 @@ def test_connection_presets_and_overrides(conn_env, monkeypatch):
             {"deployment": "custom", "base_url": "http://example.com", "token_url": "https://x/t"},
             "plain http to a non-loopback",
         ),
-        ({"api_version": "v3"}, "'v1' or 'v2'"),
+        ({"api_version": "v3"}, r"api_version must be 2 or 1 \(or 'v2'/'v1'\), got 'v3'"),
     ],
 )
 def test_bad_connection_settings(conn_env, extra, message):

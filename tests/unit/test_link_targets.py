@@ -7,7 +7,7 @@ import pytest
 from airflow_provider_sentinel_batch.deployments import DEPLOYMENTS, ConnectionSettings
 
 RID = "5e1a2b3c-0000-4000-8000-000000000001"
-CDSE_TOKEN = DEPLOYMENTS["cdse"].token_url
+CDSE_TOKEN = DEPLOYMENTS["copernicus-dataspace"].token_url
 SH_TOKEN = DEPLOYMENTS["sentinel-hub-eu"].token_url
 
 
@@ -29,7 +29,7 @@ def settings(
     [
         (settings("sentinel-hub-eu"), "https://apps.sentinel-hub.com/dashboard/#/batch"),
         (settings("sentinel-hub-us"), "https://apps.sentinel-hub.com/dashboard/#/batch"),
-        (settings("cdse"), "https://shapps.dataspace.copernicus.eu/dashboard/#/batch"),
+        (settings("copernicus-dataspace"), "https://shapps.dataspace.copernicus.eu/dashboard/#/batch"),
         # custom URLs of a known host, or a proxy recognised by its token realm
         (
             settings("custom", "https://services.sentinel-hub.com", SH_TOKEN),
@@ -66,7 +66,7 @@ def test_sentinel_hub_outputs_open_in_the_aws_console(deployment):
 
 
 def test_cdse_buckets_have_no_web_console():
-    assert settings("cdse").output_page(f"s3://my-bucket/{RID}/") is None
+    assert settings("copernicus-dataspace").output_page(f"s3://my-bucket/{RID}/") is None
 
 
 def test_emulator_outputs_open_in_the_emulator():

@@ -262,5 +262,5 @@ def test_connection_get_uri_round_trips_through_the_environment(monkeypatch):
     )
     monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT", conn.get_uri())
     s = SentinelBatchHook().settings
-    assert (s.client_secret, s.deployment, s.api_version) == (SECRET, "cdse", "v1")
+    assert (s.client_secret, s.deployment, s.api_version) == (SECRET, "copernicus-dataspace", "v1")
     assert s.base_url == "https://sh.dataspace.copernicus.eu"
