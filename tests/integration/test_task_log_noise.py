@@ -23,7 +23,7 @@ import pytest
 from airflow_provider_sentinel_batch import links
 from airflow_provider_sentinel_batch.emulator import EmulatorServer
 from tests.integration import harness
-from tests.integration.harness import AIRFLOW_V_3, EXAMPLES, DagRunResult
+from tests.integration.harness import AIRFLOW_V_3, DagRunResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
