@@ -157,7 +157,11 @@ class EmulatorServer(Service):
         connection form does: Airflow 3 logs "Skipping masking for a secret as it's too short" for any string
         extra value under 5 characters.
         """
-        extra: dict[str, Any] = {"deployment": "custom", "base_url": self.base_url, "auth_url": self.token_url}
+        extra: dict[str, Any] = {
+            "deployment": "custom",
+            "base_url": self.base_url,
+            "auth_url": self.token_url,
+        }
         if api_version != "v2":
             extra["api_version"] = int(api_version.removeprefix("v"))
         return json.dumps(
