@@ -123,7 +123,7 @@ def _run_dag(dag_id: str, env: dict[str, str], log_path: Path) -> tuple[int, dic
                     shown = "deferred: the trigger polls the job (inline, as a triggerer would)"
                 elif msg.startswith(_PROGRESS) or _EXCEPTION.match(msg):
                     shown = msg
-                elif level in ("error", "critical") and "XCom not found" not in msg:
+                elif level in ("error", "critical"):
                     shown = "ERROR " + msg
                 elif msg.startswith("Marking run <DagRun"):
                     shown = "DAG run " + ("succeeded" if msg.rstrip().endswith("successful") else "FAILED")
@@ -189,12 +189,13 @@ def _report(summary: dict[str, Any], data_dir: Path, s3: Any = None) -> bool:
     manifest = summary.get("results")
     if manifest:
         counts = manifest.get("counts") or {}
+        how = "over S3 (results_conn_id)" if s3 is not None else "from the bucket's mirror (results_url)"
         _say(
-            f"    manifest   : {manifest.get('source')} read over S3 (results_conn_id): {counts.get('done')} done, "
+            f"    manifest   : {manifest.get('source')} read {how}: {counts.get('done')} done, "
             f"{counts.get('failed')} failed of {counts.get('total')}"
         )
         _say(f"                 {manifest.get('execution_db')}")
-    manifest_ok = bool(manifest) or s3 is None or summary.get("api_version") != "v2"  # --s3 shows it for v2
+    manifest_ok = bool(manifest) or summary.get("api_version") != "v2"  # every v2 job shows its manifest
     return summary.get("status") == "DONE" and bool(files) and manifest_ok
 
 
@@ -274,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Batch Statistical example: its fields are staged into (and its table read from) the bucket; the tables
         # go next to the logs
         env["AIRFLOW_VAR_SENTINEL_BATCH_TABLE_DIR"] = str(workdir / "tables")
-        if s3 is None:
+        if s3 is None:  # the emulator's data directory mirrors its bucket: s3://bucket/key -> <data_dir>/bucket/key
             env["AIRFLOW_VAR_SENTINEL_BATCH_RESULTS_URL"] = data_dir.as_uri()
+            env["SENTINEL_BATCH_RESULTS_URL"] = data_dir.as_uri()  # the v2 example's result manifest
         _say(f"==> Airflow metadata DB (SQLite) in {home}: airflow db migrate")
         step = time.monotonic()
         with (logs / "db-migrate.log").open("w") as log:

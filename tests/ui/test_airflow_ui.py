@@ -19,34 +19,20 @@ the screenshots there (``docs/ui`` refreshes the documentation's images).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.triggerer.stack import AIRFLOW_3, AirflowStack, StackEmulator, clean_environment
+from tests.triggerer.stack import AirflowStack, StackEmulator, clean_environment
+from tests.ui.browser import check_environment, screenshot
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
-SWITCH = "SENTINEL_BATCH_UI_TESTS"
-CHROMIUM = os.environ.get("SENTINEL_BATCH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "dags_examples"
 DAG_ID = "corsica_max_ndvi_v2"
@@ -56,29 +42,13 @@ FAST, SLOW = (
     100.0,
     0.5,
 )  # emulated seconds per second: a quick job / a job that stays PROCESSING while we look
-UI_TIMEOUT_MS = 30_000
-
-
-def _check_environment() -> None:
-    if os.environ.get(SWITCH, "").strip().lower() not in {"require", "1", "on", "true", "yes"}:
-        pytest.skip(f"the browser test runs with `bash .ci/ui` ({SWITCH}=require)")
-    if not AIRFLOW_3:
-        pytest.skip("the browser test covers the Airflow 3 UI")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{SWITCH}=require but there is no Chromium at {CHROMIUM}. Install it from the OS packages "
-            "(Debian/Ubuntu: `sudo apt-get install -y chromium chromium-driver`) or point "
-            "SENTINEL_BATCH_CHROMIUM at one; `bash .ci/ui` installs it itself when run as root."
-        )
-    if importlib.util.find_spec("playwright") is None:
-        pytest.fail(f"{SWITCH}=require but Playwright for Python is missing: pip install playwright")
 
 
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     """Emulator + Airflow 3 daemons with the Corsica v2 example; every process stopped, even on failure."""
-    _check_environment()
+    check_environment(airflow_3=True)
     root = tmp_path_factory.mktemp("ui")
     emulator = StackEmulator(root, time_scale=FAST, env=clean_environment())
     airflow: AirflowStack | None = None
@@ -110,45 +80,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
         if airflow is not None:
             airflow.stop()
         emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(stack: AirflowStack) -> Iterator[Any]:
-    """Headless system Chromium with a fresh profile (Playwright drives it; nothing is downloaded)."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="ui-chromium-")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 900},
-        )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    page = browser.new_page()
-    try:
-        yield page
-    finally:
-        page.close()
-
-
-def screenshot(page: Any, name: str, **kwargs: Any) -> None:
-    """Keep a screenshot when SENTINEL_BATCH_UI_SCREENSHOTS names a folder (docs/ui for the documentation)."""
-    folder = os.environ.get("SENTINEL_BATCH_UI_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), **kwargs)
 
 
 def open_ui(page: Any, stack: AirflowStack, path: str, ready_text: str) -> None:
