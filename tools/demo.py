@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Batch Statistical example: its fields are staged into (and its table read from) the bucket; the tables
         # go next to the logs
         env["AIRFLOW_VAR_SENTINEL_BATCH_TABLE_DIR"] = str(workdir / "tables")
-        if s3 is None:  # the emulator's data directory mirrors its bucket: s3://bucket/key -> <data_dir>/bucket/key
+        # the emulator's data directory mirrors its bucket: s3://bucket/key -> <data_dir>/bucket/key
+        if s3 is None:
             env["AIRFLOW_VAR_SENTINEL_BATCH_RESULTS_URL"] = data_dir.as_uri()
             env["SENTINEL_BATCH_RESULTS_URL"] = data_dir.as_uri()  # the v2 example's result manifest
         _say(f"==> Airflow metadata DB (SQLite) in {home}: airflow db migrate")
