@@ -145,6 +145,30 @@ def test_connection_form_shows_the_provider_fields(stack: AirflowStack, page: An
     ], options
 
 
+def test_the_form_saves_numbers_and_long_names(stack: AirflowStack, page: Any) -> None:
+    """What the form writes: no string extra value under 5 characters (Airflow 3 warns in every task log)."""
+    page.set_viewport_size({"width": 1400, "height": 1100})
+    dialog = open_new_connection_form(page, stack)
+    dialog.get_by_label("Connection ID").fill("sentinel_batch_saved")
+    dialog.get_by_placeholder("OAuth client id").fill("client-from-the-form")
+    dialog.get_by_placeholder("OAuth client secret").fill("secret-from-the-form")
+    dialog.get_by_text("Extra Fields", exact=True).click()
+    for combo, option in (
+        (1, "Copernicus Data Space Ecosystem (sh.dataspace.copernicus.eu)"),
+        (2, "v1 (deprecated upstream)"),
+    ):
+        dialog.get_by_role("combobox").nth(combo).click()
+        page.get_by_role("option", name=option, exact=True).click()
+    dialog.get_by_role("button", name="Save").click()
+    url = f"{stack.api_url}/api/v2/connections/sentinel_batch_saved"
+    saved = stack.wait("the saved connection", lambda: stack.http.get(url, timeout=30).ok, timeout=30)
+    assert saved
+    extra = json.loads(stack.http.get(url, timeout=30).json()["extra"])
+    assert extra["deployment"] == "copernicus-dataspace" and extra["api_version"] == 1, extra
+    short = {k: v for k, v in extra.items() if isinstance(v, str) and 0 < len(v) < 5}
+    assert short == {}, extra
+
+
 def test_saved_connection_shows_its_urls_not_stars(stack: AirflowStack, page: Any) -> None:
     base, token = (
         stack.emulator.base_url,
