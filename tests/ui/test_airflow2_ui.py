@@ -16,17 +16,13 @@ test. ``SENTINEL_BATCH_UI_SCREENSHOTS=<dir>`` keeps the screenshots (``airflow2-
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.triggerer.stack import AirflowStack, StackEmulator, clean_environment, free_port
-from tests.ui.browser import check_environment, screenshot
-from tests.ui.test_airflow_ui import BUCKET, DAG_ID, EXAMPLES, FAST
+from tests.triggerer.stack import AirflowStack, free_port
+from tests.ui import browser as ui
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
@@ -48,44 +44,19 @@ PROVIDER_FIELDS = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
     """Emulator + Airflow 2.11 webserver, scheduler and triggerer with the Corsica v2 example."""
-    check_environment(airflow_3=False)
-    root = tmp_path_factory.mktemp("ui2")
-    emulator = StackEmulator(root, time_scale=FAST, env=clean_environment())
-    airflow: AirflowStack | None = None
-    try:
-        emulator.launch()
-        airflow = AirflowStack(root, emulator)
-        airflow.dags_folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(EXAMPLES / f"{DAG_ID}.py", airflow.dags_folder)
-        shutil.copytree(EXAMPLES / "include", airflow.dags_folder / "include")
-        airflow.migrate()
+    ui.check_environment(airflow_3=False)
+    port = free_port()
+
+    def prepare(airflow: AirflowStack) -> None:
         (airflow.home / "webserver_config.py").write_text(WEBSERVER_CONFIG)
-        emulator.wait_ready()
-        port = free_port()
         airflow.api_url = f"http://127.0.0.1:{port}"
-        airflow.env.update(
-            {
-                "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": json.dumps(
-                    {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key"}
-                ),
-                "SENTINEL_BATCH_POLL_INTERVAL": "1",
-                "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.5",
-                "AIRFLOW__WEBSERVER__WORKERS": "1",
-                "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": "127.0.0.1",
-                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(port),
-            }
-        )
-        airflow.start()
         airflow._spawn(
             "webserver", "webserver", "--hostname", "127.0.0.1", "--port", str(port), "--workers", "1"
         )
-        airflow.wait_ready([DAG_ID], timeout=240)
+
+    with ui.corsica_stack(tmp_path_factory.mktemp("ui2"), prepare) as airflow:
         airflow.wait("the webserver", lambda: airflow._api_ok("/health"), timeout=180)
         yield airflow
-    finally:
-        if airflow is not None:
-            airflow.stop()
-        emulator.stop()
 
 
 def row_label(page: Any, field: str) -> str:
@@ -110,38 +81,16 @@ def test_connection_form_shows_the_provider_fields(stack: AirflowStack, page: An
     for url in ("https://services.sentinel-hub.com", "https://sh.dataspace.copernicus.eu"):
         assert url in text
     assert "copernicus-dataspace" in text and "1 = v1" in text
-    screenshot(page, "airflow2-connection-form.png", full_page=True)
+    ui.screenshot(page, "airflow2-connection-form.png", full_page=True)
 
 
 def test_corsica_run_succeeds_and_links_open(stack: AirflowStack, page: Any) -> None:
-    emulator = stack.emulator
     run_id = "ui2_corsica_v2"
-    stack.trigger(DAG_ID, run_id)
-    stack.wait("the run to succeed", lambda: stack.run_state(DAG_ID, run_id) == "success", timeout=240)
-    (row,) = stack.query(
-        "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'create' AND key = 'request_id'",
-        DAG_ID,
-        run_id,
-    )
-    value = row["value"]
-    request_id = str(json.loads(value.decode() if isinstance(value, bytes) else value))
-
+    stack.trigger(ui.DAG_ID, run_id)
+    stack.wait("the run to succeed", lambda: stack.run_state(ui.DAG_ID, run_id) == "success", timeout=240)
     page.goto(
-        f"{stack.api_url}/dags/{DAG_ID}/grid?dag_run_id={run_id}&task_id=wait_for_done",
+        f"{stack.api_url}/dags/{ui.DAG_ID}/grid?dag_run_id={run_id}&task_id=wait_for_done",
         wait_until="networkidle",
     )
     page.get_by_text("Extra Links", exact=True).wait_for()
-    dashboard = page.get_by_role("link", name="Sentinel Hub batch request")
-    output = page.get_by_role("link", name="Batch output location")
-    dashboard.wait_for()
-    output.wait_for()
-    screenshot(page, "airflow2-extra-links.png")
-    hrefs = {"dashboard": dashboard.get_attribute("href"), "output": output.get_attribute("href")}
-    assert hrefs == {
-        "dashboard": f"{emulator.base_url}/dashboard/batch/{request_id}",
-        "output": f"{emulator.base_url}/dashboard/outputs/{BUCKET}/{request_id}/",
-    }, hrefs
-    page.goto(hrefs["dashboard"])
-    assert page.locator("#status").inner_text() == "DONE"
-    page.goto(hrefs["output"])
-    assert re.findall(r"\S+\.tiff?\b", page.inner_text("body")), page.inner_text("body")
+    ui.check_extra_links(page, stack, ui.created_request_id(stack, run_id), prefix="airflow2-")

@@ -20,66 +20,42 @@ the screenshots there (``docs/ui`` refreshes the documentation's images).
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.triggerer.stack import AirflowStack, StackEmulator, clean_environment
-from tests.ui.browser import check_environment, screenshot
+from tests.triggerer.stack import AirflowStack
+from tests.ui.browser import (
+    DAG_ID,
+    FAST,
+    check_environment,
+    check_extra_links,
+    corsica_stack,
+    created_request_id,
+    screenshot,
+)
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "dags_examples"
-DAG_ID = "corsica_max_ndvi_v2"
-BUCKET = "sentinel-batch-demo"  # the example's default bucket
 WRONG_SECRET = "not-the-emulator-secret-5d1c"
-FAST, SLOW = (
-    100.0,
-    0.5,
-)  # emulated seconds per second: a quick job / a job that stays PROCESSING while we look
+SLOW = 0.5  # emulated seconds per second: a job that stays PROCESSING while we look
 
 
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    """Emulator + Airflow 3 daemons with the Corsica v2 example; every process stopped, even on failure."""
+    """Emulator + Airflow 3 daemons with the Corsica v2 example, and a connection with a wrong secret."""
     check_environment(airflow_3=True)
-    root = tmp_path_factory.mktemp("ui")
-    emulator = StackEmulator(root, time_scale=FAST, env=clean_environment())
-    airflow: AirflowStack | None = None
-    try:
-        emulator.launch()
-        airflow = AirflowStack(root, emulator)
-        airflow.dags_folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(EXAMPLES / f"{DAG_ID}.py", airflow.dags_folder)
-        shutil.copytree(EXAMPLES / "include", airflow.dags_folder / "include")
-        airflow.migrate()
-        emulator.wait_ready()
-        wrong = json.loads(emulator.airflow_conn)
+
+    def prepare(airflow: AirflowStack) -> None:
+        wrong = json.loads(airflow.emulator.airflow_conn)
         wrong["password"] = WRONG_SECRET
-        airflow.env.update(
-            {
-                "AIRFLOW_CONN_SENTINEL_BATCH_BUCKET": json.dumps(
-                    {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key"}
-                ),
-                "AIRFLOW_CONN_SENTINEL_BATCH_WRONG": json.dumps(wrong),
-                "SENTINEL_BATCH_POLL_INTERVAL": "1",
-                "SENTINEL_BATCH_ANALYSIS_POLL_INTERVAL": "0.5",
-                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-            }
-        )
-        airflow.start()
-        airflow.wait_ready([DAG_ID], timeout=240)
+        airflow.env["AIRFLOW_CONN_SENTINEL_BATCH_WRONG"] = json.dumps(wrong)
+        airflow.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+
+    with corsica_stack(tmp_path_factory.mktemp("ui"), prepare) as airflow:
         yield airflow
-    finally:
-        if airflow is not None:
-            airflow.stop()
-        emulator.stop()
 
 
 def open_ui(page: Any, stack: AirflowStack, path: str, ready_text: str) -> None:
@@ -240,34 +216,8 @@ def test_corsica_run_defers_succeeds_and_links_open(stack: AirflowStack, page: A
         task_row(page, task_id).get_by_text("Success", exact=True).wait_for()
     screenshot(page, "grid.png")
 
-    request_id = str(
-        stack.query(
-            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'create' AND key = 'request_id'",
-            DAG_ID,
-            run_id,
-        )[0]["value"]
-    ).strip('"')
     open_ui(page, stack, f"/dags/{DAG_ID}/runs/{run_id}/tasks/wait_for_done/details", "Extra Links")
-    dashboard = page.get_by_role("link", name="Sentinel Hub batch request")
-    output = page.get_by_role("link", name="Batch output location")
-    dashboard.wait_for()
-    output.wait_for()
-    screenshot(page, "extra-links.png")
-    hrefs = {"dashboard": dashboard.get_attribute("href"), "output": output.get_attribute("href")}
-    assert hrefs == {
-        "dashboard": f"{emulator.base_url}/dashboard/batch/{request_id}",
-        "output": f"{emulator.base_url}/dashboard/outputs/{BUCKET}/{request_id}/",
-    }, hrefs
-
-    # both targets open: the request page (status, progress, cost) and the list of delivered files
-    page.goto(hrefs["dashboard"])
-    assert page.locator("#status").inner_text() == "DONE"
-    assert page.locator("#progress").inner_text() == "100 %"
-    assert re.fullmatch(r"\d+\.\d\d PU", page.locator("#cost").inner_text())
-    screenshot(page, "emulator-request-page.png")
-    page.goto(hrefs["output"])
-    files = re.findall(r"\S+\.tiff?\b", page.inner_text("body"))
-    assert files, page.inner_text("body")
+    hrefs = check_extra_links(page, stack, created_request_id(stack, run_id))
     assert "***" not in json.dumps(hrefs)
 
 
