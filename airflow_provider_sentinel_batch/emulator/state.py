@@ -53,17 +53,21 @@ class Clock:
         self._emu0 = 0.0
 
     def now(self) -> float:
+        """Emulated seconds now."""
         return self._emu0 + (time.monotonic() - self._wall0) * self.scale
 
     def set_scale(self, scale: float) -> None:
+        """Run at ``scale`` from now on without a jump in emulated time; ``ValueError`` unless positive."""
         if scale <= 0:
             raise ValueError("time_scale must be positive")
         self._emu0, self._wall0, self.scale = self.now(), time.monotonic(), scale
 
     def advance(self, seconds: float) -> None:
+        """Add ``seconds`` of emulated time at once."""
         self._emu0 += seconds
 
     def set_now(self, emu: float) -> None:
+        """Make ``emu`` the emulated time now (a state file read back at start)."""
         self._emu0, self._wall0 = emu, time.monotonic()
 
     def epoch(self, emu: float) -> float:
@@ -101,6 +105,7 @@ class OutputWriter:
         return path
 
     def remove_created(self) -> None:
+        """Delete the bucket directories this writer created (reset, when the data dir is the user's)."""
         for bucket in self.created_buckets:
             shutil.rmtree(bucket, ignore_errors=True)
         self.created_buckets.clear()
@@ -160,6 +165,7 @@ class OutputWriter:
             raise
 
     def analysis_done(self, job: Job) -> None:
+        """v2 with an output: deliver ``featureManifest-<id>.gpkg``, one row per tile and response, by CRS."""
         if job.api != 2 or not job.output_url:
             return
         rows: dict[int, list[tuple[Any, ...]]] = {}
@@ -183,6 +189,8 @@ class OutputWriter:
         self._deliver(job, self._root_url(job) + name, out.feature_manifest_bytes(rows))
 
     def sync(self, job: Job, now: float) -> None:
+        """Deliver the outputs due by ``now``: raster tiles as they finish, a Zarr once ``DONE`` or
+        ``PARTIAL``, and (v2) the execution database whenever feature statuses change."""
         if not job.output_url:
             return
         if job.output_kind == "raster" and now >= job.output_check_at:
@@ -284,11 +292,13 @@ class EmulatorState:
             self.save()
 
     def set_faults(self, **changes: Any) -> FaultConfig:
+        """Change the named fault settings from the next request on; unknown names raise ``ValueError``."""
         with self.lock:
             self.faults.set(self.faults.faults.updated(**changes))
             return self.faults.faults
 
     def clear_faults(self) -> FaultConfig:
+        """Turn every fault off (not back to the configured ones: ``reset`` does that)."""
         with self.lock:
             self.faults.set(FaultConfig())
             return self.faults.faults
@@ -301,6 +311,7 @@ class EmulatorState:
         return [limit.to_dict() for limit in limits]
 
     def revoke_tokens(self) -> None:
+        """Invalidate every token issued so far (the next API call with one gets 401)."""
         with self.lock:
             self.tokens.revoke_all()
 
@@ -313,11 +324,13 @@ class EmulatorState:
             return self.clock.now()
 
     def set_time_scale(self, time_scale: float) -> None:
+        """Emulated seconds per wall-clock second from now on, for the clock and the rate limits."""
         with self.lock:
             self.clock.set_scale(time_scale)
             self.rate_limiter.time_scale = time_scale
 
     def set_pu_budget(self, budget: float | None) -> None:
+        """The account's PU budget (``None``: unlimited); spending so far is kept."""
         with self.lock:
             self.pu_budget = budget
 
@@ -353,6 +366,9 @@ class EmulatorState:
         retry_tile_failure_rate: float | None = None,
         analysis_error: str | None = None,
     ) -> Job:
+        """Change one job's tile failure rates or analysis error (``""``: none); a ``PROCESSING`` job
+        redraws its unfinished tiles. ``KeyError`` for an unknown id, ``ValueError`` for a rate outside
+        [0, 1]."""
         with self.lock:
             job = self.get_job(job_id)
             now = self.clock.now()
@@ -374,6 +390,8 @@ class EmulatorState:
     def force(
         self, job_id: str, status: str, error: str | None = None, stopped_status_reason: str | None = None
     ) -> Job:
+        """Put a v1/v2 job in ``status`` now (control plane, failure-path tests); ``KeyError`` for an
+        unknown id, 400 for a status its API does not have."""
         with self.lock:
             job = self.get_job(job_id)
             now = self.clock.now()
@@ -392,9 +410,11 @@ class EmulatorState:
             return job
 
     def job_status(self, job_id: str) -> str:
+        """The job's status now (``KeyError`` if unknown)."""
         return self.get_job(job_id).status
 
     def pu_spent(self, now: float | None = None) -> float:
+        """PUs billed by ``now`` (default: now) to v2 tasks and statistical requests; v1 is not counted."""
         with self.lock:
             t = self.clock.now() if now is None else now
             return sum(j.cost_pu(t) for j in self.jobs.values() if j.api == 2) + sum(
@@ -415,6 +435,7 @@ class EmulatorState:
             )
 
     def stats(self) -> dict[str, Any]:
+        """The control plane's counters: tokens, calls, responses, faults, jobs by status, PUs, clock."""
         with self.lock:
             now = self.clock.now()
             by_status: dict[str, Counter[str]] = {"v1": Counter(), "v2": Counter()}
@@ -461,6 +482,8 @@ class EmulatorState:
         plan: Plan | None = None,
         write_outputs: bool = True,
     ) -> dict[str, Any]:
+        """POST a v1 request or v2 task: the service's 400 for a bad payload or an unwritable bucket,
+        403 (v2) under 1000 PU; returns the new job's view."""
         plan = plan or (validate_v1(payload) if api == 1 else validate_v2(payload))
         with self.lock:
             if api == 2:
@@ -584,10 +607,12 @@ class EmulatorState:
         return task
 
     def get_view(self, api: int, job_id: str) -> dict[str, Any]:
+        """GET one job as the API sees it (404 for unknown ids, the other API's ids, the not-found window)."""
         with self.lock:
             return self.view(self._lookup(api, job_id))
 
     def action(self, api: int, job_id: str, action: str) -> None:
+        """POST an action (``analyse``, ``start``, ``cancel``, ``restart``, ``stop``) to a job."""
         with self.lock:
             job = self._lookup(api, job_id)
             now = self.clock.now()
@@ -597,6 +622,8 @@ class EmulatorState:
             self.save()
 
     def update(self, api: int, job_id: str, payload: Any) -> dict[str, Any]:
+        """PUT ``description`` (and v1 ``output.collectionId``); other fields are a 400, a job processing
+        or about to process a 409. Returns the updated view."""
         with self.lock:
             job = self._lookup(api, job_id)
             if not isinstance(payload, dict):
@@ -636,6 +663,8 @@ class EmulatorState:
             return self.view(job)
 
     def delete(self, api: int, job_id: str) -> None:
+        """DELETE a v1 request; 409 unless ``CREATED``, ``ANALYSIS_DONE``, ``FAILED`` or ``CANCELED`` with no
+        processed tile."""
         with self.lock:
             job = self._lookup(api, job_id)
             job.v1_check_delete(self.clock.now())
@@ -651,6 +680,8 @@ class EmulatorState:
         user_id: str | None = None,
         collection_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The list call's views of one API's jobs, filtered by ``search`` (description), user, collection."""
+
         def keep(job: Job) -> bool:
             return (
                 job.api == api
@@ -693,6 +724,7 @@ class EmulatorState:
 
     # ----------------------------------------------------------------------------------------------- tiles
     def tile_view(self, job: Job, tile: Tile, now: float) -> dict[str, Any]:
+        """One v1 tile as the tiles endpoints show it; its cost counts only once ``PROCESSED``."""
         status = tile.status(now)
         return {
             "id": tile.id,
@@ -705,6 +737,7 @@ class EmulatorState:
         }
 
     def list_tiles(self, job_id: str, status: str | None = None) -> list[dict[str, Any]]:
+        """The tiles of a v1 request, optionally of one ``status`` (else 400); none before analysis."""
         if status is not None and status not in TILE_STATUSES:
             raise bad_payload(
                 f"Invalid tile status {status!r}.",
@@ -719,6 +752,7 @@ class EmulatorState:
             return [v for v in views if status is None or v["status"] == status]
 
     def get_tile(self, job_id: str, tile_id: int) -> dict[str, Any]:
+        """One tile of a v1 request; 404 for an unknown tile or before analysis."""
         with self.lock:
             job = self._lookup(1, job_id)
             for tile in job.tiles if job.analysed else []:
@@ -728,6 +762,7 @@ class EmulatorState:
 
     # ------------------------------------------------------------------------------------------ collections
     def create_collection(self, payload: Any) -> dict[str, Any]:
+        """POST a batch collection (``name`` and ``s3Bucket`` required, else 400); returns it."""
         errors = []
         if not isinstance(payload, dict):
             raise bad_payload("Request body should be a JSON object.")
@@ -754,12 +789,14 @@ class EmulatorState:
             return dict(collection)
 
     def get_collection(self, cid: str) -> dict[str, Any]:
+        """One batch collection (404 if unknown)."""
         with self.lock:
             if cid not in self.collections:
                 raise not_found(f"Batch collection with id {cid} not found.")
             return self._collection_view(self.collections[cid])
 
     def list_collections(self, search: str | None = None) -> list[dict[str, Any]]:
+        """The batch collections whose name matches ``search``."""
         with self.lock:
             return [
                 self._collection_view(c)
@@ -778,6 +815,7 @@ class EmulatorState:
         return view
 
     def update_collection(self, cid: str, payload: Any) -> None:
+        """Rename a batch collection (``name`` required, else 400; 404 if unknown)."""
         with self.lock:
             self.get_collection(cid)
             if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
@@ -789,6 +827,7 @@ class EmulatorState:
             self.save()
 
     def delete_collection(self, cid: str) -> None:
+        """DELETE a batch collection; 409 while a v1 request that is not FAILED or CANCELED uses it."""
         with self.lock:
             self.get_collection(cid)
             now = self.clock.now()
@@ -826,6 +865,8 @@ class EmulatorState:
             os.replace(tmp, self.state_file)
 
     def load(self, path: Path) -> None:
+        """Read back a state file written by ``save``; the clock moves on by the downtime, since the
+        service kept working while the emulator was down."""
         data = json.loads(path.read_text())
         with self.lock:
             # The service kept working while the emulator was down.

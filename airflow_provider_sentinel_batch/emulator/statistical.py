@@ -553,6 +553,7 @@ class StatRequest(Job):
 
     @property
     def description(self) -> str:
+        """Always ``""``: Batch Statistical requests have no description."""
         return ""
 
     def cost_pu(self, now: float) -> float:
@@ -650,6 +651,7 @@ class StatRequest(Job):
             self.out_of_pu_block_until = t + OUT_OF_PU_BLOCK
 
     def advance(self, st: EmulatorState, now: float) -> None:
+        """Apply transitions due by ``now``, then write finished features' JSON (none after OUT_OF_PU)."""
         super().advance(st, now)
         self._write_outputs(st, now)
 
@@ -695,12 +697,15 @@ class StatRequest(Job):
 
     # -------------------------------------------------------------------------------------- actions
     def stat_analyse(self, st: EmulatorState, now: float) -> None:
+        """ANALYSE: only a ``CREATED`` request with no user action (else 400); 403 under 1000 PU."""
         if self.status != "CREATED" or self.user_action != "NONE":
             raise self._illegal("ANALYSE")
         check_balance(st)
         self.v2_analyse(st, now)
 
     def stat_start(self, st: EmulatorState, now: float) -> None:
+        """START as a v2 task; 403 under 1000 PU, and a request stopped ``OUT_OF_PU`` cannot restart
+        within 60 emulated minutes (400)."""
         if self.status == "STOPPED":
             if self.out_of_pu_block_until is not None and now < self.out_of_pu_block_until:
                 wait = (self.out_of_pu_block_until - now) / st.clock.scale
@@ -715,6 +720,8 @@ class StatRequest(Job):
         self.v2_start(st, now)
 
     def stat_stop(self, st: EmulatorState, now: float) -> None:
+        """STOP (answered 204 in every status): acts in ``ANALYSING`` (after the analysis),
+        ``ANALYSIS_DONE``, ``PROCESSING`` or on a START still queued in ``CREATED``; else nothing changes."""
         s = self.status
         if s == "ANALYSING" or (s == "CREATED" and self.start_lag_until is not None):
             self.stop_pending = True  # the analysis completes, then the request stops
@@ -726,9 +733,11 @@ class StatRequest(Job):
 
     # ------------------------------------------------------------------------------------------ views
     def costs(self, now: float) -> float:
+        """PUs billed by ``now``, rounded as the views show them."""
         return round(self.cost_pu(now), 3)
 
     def status_view(self, st: EmulatorState) -> dict[str, Any]:
+        """The ``GET .../{id}/status`` body; cost as ``costPu`` (OpenAPI) and ``costPU`` (sentinelhub-py)."""
         now = st.clock.now()
         body: dict[str, Any] = {
             "id": self.id,
@@ -746,6 +755,7 @@ class StatRequest(Job):
         return body
 
     def view(self, st: EmulatorState) -> dict[str, Any]:
+        """The ``GET .../{id}`` body: the status body plus ``request``, ``userAction`` and the account."""
         body = self.status_view(st)
         body.update(
             {
@@ -808,9 +818,12 @@ class StatisticalService:
 
     @property
     def requests(self) -> dict[str, StatRequest]:
+        """The emulator's statistical requests by id (in its state: reset and the state file cover them)."""
         return self.st.stat_requests
 
     def create(self, payload: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST a request: 400 with every payload problem, 403 under 1000 PU; returns its view. Output
+        keys stay in memory only."""
         plan = validate_statistical(payload)
         st = self.st
         with st.lock:
@@ -878,14 +891,17 @@ class StatisticalService:
             return request
 
     def view(self, request_id: str) -> dict[str, Any]:
+        """The ``GET .../{id}`` body (404 for unknown ids and in the not-found window)."""
         with self.st.lock:
             return self.lookup(request_id).view(self.st)
 
     def status(self, request_id: str) -> dict[str, Any]:
+        """The ``GET .../{id}/status`` body (404 for unknown ids and in the not-found window)."""
         with self.st.lock:
             return self.lookup(request_id).status_view(self.st)
 
     def action(self, request_id: str, action: str) -> None:
+        """POST ``analyse``, ``start`` or ``stop`` to a request as the API sees it."""
         with self.st.lock:
             request = self.lookup(request_id)
             now = self.st.clock.now()
@@ -894,11 +910,14 @@ class StatisticalService:
             self.st.save()
 
     def list(self, sort: str | None) -> list[dict[str, Any]]:
+        """The list call's request views in ``sort`` order (400 for an unknown sort)."""
         st = self.st
         with st.lock:
             return [r.view(st) for r in st.listed(self.requests.values(), sort)]
 
     def force(self, request_id: str, status: str, error: str | None, reason: str | None) -> dict[str, Any]:
+        """Put a request in ``status`` now (control plane); reads the GeoPackage first if that status
+        needs features. ``KeyError`` for an unknown id, ``ValueError`` for a status v2 does not have."""
         st = self.st
         with st.lock:
             request = self.get(request_id)
@@ -915,6 +934,9 @@ class StatisticalService:
             return request.view(st)
 
     def configure(self, request_id: str, **changes: Any) -> dict[str, Any]:
+        """Change a request's ``tile_failure_rate`` (redrawn while ``PROCESSING``) or ``analysis_error``
+        (empty: none); ``KeyError`` for an unknown id, ``ValueError`` for an unknown setting or a rate outside
+        [0, 1]."""
         st = self.st
         with st.lock:
             request = self.get(request_id)
