@@ -116,6 +116,7 @@ def test_default_time_scale_runs_corsica_in_20_to_30_seconds(api: Api, emu: Emul
 
 def test_bulk_create_validates_once_and_starts(api: Api, emu: EmulatorServer) -> None:
     freeze(emu)
+    files_before = set(emu.data_dir.rglob("*"))  # the session's emulator: other tests' files may be there
     body = {"api": "v2", "payload": v2_payload(), "count": 3, "action": "start", "write_outputs": False}
     ids = _control(emu, "POST", "/jobs/bulk", json=body).json()["ids"]
     assert len(set(ids)) == 3 and emu.stats()["jobs_created"] == 3
@@ -123,7 +124,7 @@ def test_bulk_create_validates_once_and_starts(api: Api, emu: EmulatorServer) ->
         assert api.job(2, jid)["userAction"] == "START"
     emu.advance(10_000)
     assert {api.job(2, jid)["status"] for jid in ids} == {"DONE"}
-    assert not any(emu.data_dir.iterdir())  # write_outputs=False: no bucket files
+    assert set(emu.data_dir.rglob("*")) == files_before  # write_outputs=False: no bucket files
     bad = _control(emu, "POST", "/jobs/bulk", json={"api": "v2", "payload": {"input": {}}, "count": 2})
     assert bad.status_code == 400 and emu.stats()["jobs_created"] == 3
     assert _control(emu, "POST", "/jobs/bulk", json={"api": "v3", "payload": {}}).status_code == 400
