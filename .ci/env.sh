@@ -40,7 +40,7 @@ exclusions_for() {
 python_minor() { "$1" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'; }
 
 # make_env DIR AIRFLOW_VERSION [PYTHON]: a venv with exactly the locked dependencies of that Airflow line and this
-# project (editable, extras test+lint). With LATEST=1: the newest versions the index resolves today instead (only
+# project (editable, extras test+lint+distributed). With LATEST=1: the newest versions the index resolves today instead (only
 # the exclusions applied), in DIR-latest, to find upstream breakage on purpose.
 make_env() {
   local dir="$1" airflow="$2" python="${3:-$PY}" minor lock stamp
@@ -53,7 +53,7 @@ make_env() {
     [ -x "$dir/bin/python" ] || "$UV" venv -q --python "$python" "$dir"
     exclusions_for "$airflow" > "$dir/exclusions.txt"
     VIRTUAL_ENV="$PWD/$dir" "$UV" pip install -q --refresh --upgrade --constraint "$dir/exclusions.txt" \
-      "apache-airflow==$airflow" -e ".[test,lint]"
+      "apache-airflow==$airflow" -e ".[test,lint,distributed]"
     ENV_DIR="$dir"
     return
   fi
