@@ -44,6 +44,11 @@ FAULT_FLAGS: dict[str, tuple[str, type, str]] = {
     "--fault-token-5xx-rate": ("token_5xx_rate", float, "share of token requests answered 503 (0-1)"),
     "--fault-slow-ms": ("slow_ms", int, "extra latency per API/token response, in ms"),
     "--fault-create-delay-ms": ("create_delay_ms", int, "delay of create calls before the job exists, in ms"),
+    "--fault-create-answer-delay-ms": (
+        "create_answer_delay_ms",
+        int,
+        "delay of the create answer after the job exists, in ms",
+    ),
     "--fault-token-lifetime": ("token_lifetime", float, "override token lifetime (s) as a fault"),
     "--tile-failure-rate": (
         "tile_failure_rate",

@@ -224,6 +224,14 @@ async def _create_delay(st: EmulatorState) -> None:
         await asyncio.sleep(delay / 1000.0)
 
 
+async def _answer_delay(st: EmulatorState) -> None:
+    """The ``create_answer_delay_ms`` fault: the job exists, its create call has not answered yet."""
+    delay = st.faults.faults.create_answer_delay_ms
+    if delay:
+        st.faults.count("create_answer_delay")
+        await asyncio.sleep(delay / 1000.0)
+
+
 def _no_content() -> Response:
     return Response(status_code=204)
 
@@ -341,7 +349,9 @@ def _process_routes(app: FastAPI, st: EmulatorState, version: int, actions: dict
     async def create(request: Request) -> Response:
         payload = await read_payload(request)
         await _create_delay(st)
-        return JSONResponse(st.create(version, payload, _overrides(request)), 201)
+        created = st.create(version, payload, _overrides(request))
+        await _answer_delay(st)
+        return JSONResponse(created, 201)
 
     async def list_(request: Request) -> Response:
         q = request.query_params

@@ -54,6 +54,9 @@ class FaultConfig:
     create_delay_ms: int = 0
     """Wall-clock delay of create calls before the job exists (it then appears at once): two creates that start
     together both pass a preceding list before either job shows up (concurrent executions of one task)."""
+    create_answer_delay_ms: int = 0
+    """Wall-clock delay of the create answer after the job exists (it is listed at once): the client is still
+    waiting for an id the service has already accepted (a worker lost in that window leaves a job behind)."""
     tile_failure_rate: float = 0.0
     """Share of tiles (v1) / features (v2) of new jobs that fail on the first attempt."""
     analysis_failure_rate: float = 0.0
@@ -81,7 +84,16 @@ class FaultConfig:
             raise ValueError("fault burst_5xx must be >= 1")
         if not 500 <= self.status_5xx <= 599:
             raise ValueError("fault status_5xx must be a 5xx code")
-        if min(self.retry_after_ms, self.slow_ms, self.create_delay_ms, self.not_found_after_create) < 0:
+        if (
+            min(
+                self.retry_after_ms,
+                self.slow_ms,
+                self.create_delay_ms,
+                self.create_answer_delay_ms,
+                self.not_found_after_create,
+            )
+            < 0
+        ):
             raise ValueError("fault durations must not be negative")
         if self.token_lifetime is not None and self.token_lifetime <= 0:
             raise ValueError("fault token_lifetime must be positive")

@@ -153,3 +153,28 @@ def test_create_delay_holds_the_job_back_until_the_answer(api: Api, emu: Emulato
     assert emu.stats()["faults_injected"]["create_delay"] == 1
     with pytest.raises(ValueError, match="negative"):
         emu.set_faults(create_delay_ms=-1)
+
+
+def test_create_answer_delay_lists_the_job_before_the_answer(api: Api, emu: EmulatorServer) -> None:
+    import threading
+
+    from tests.seed import seed_payload
+
+    emu.set_faults(create_answer_delay_ms=600)
+    answers: list[int] = []
+    creating = threading.Thread(
+        target=lambda: answers.append(
+            api.post("/api/v1/batch/process", json=seed_payload("bucket")).status_code
+        )
+    )
+    start = time.monotonic()
+    creating.start()
+    time.sleep(0.3)
+    listed_meanwhile = api.get("/api/v1/batch/process").json()["data"]  # accepted, not answered yet
+    assert answers == [] and time.monotonic() - start < 0.6
+    creating.join(5)
+    assert answers == [201] and time.monotonic() - start >= 0.6
+    assert len(listed_meanwhile) == 1
+    assert emu.stats()["faults_injected"]["create_answer_delay"] == 1
+    with pytest.raises(ValueError, match="negative"):
+        emu.set_faults(create_answer_delay_ms=-1)
