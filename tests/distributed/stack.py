@@ -49,6 +49,8 @@ from tests.triggerer.stack import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_USER = "airflow"
+TRIGGERER_HEALTH_CHECK_THRESHOLD = 10.0  # s without a heartbeat before a triggerer's triggers are adopted
+TASK_HEARTBEAT_TIMEOUT = 30  # s without a heartbeat before a running task counts as lost
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
@@ -235,6 +237,7 @@ class DistributedStack(AirflowStack):
         triggerers: int = 2,
         worker_concurrency: int = 4,
         parallelism: int = 32,
+        triggerer_capacity: int | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(root, emulator, parallelism=parallelism)
@@ -259,9 +262,37 @@ class DistributedStack(AirflowStack):
                 "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL": "False",
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.distributed.hostname.from_environment",
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+                # failover within seconds instead of minutes: a triggerer silent for 10 s loses its triggers, a
+                # task whose worker is gone for 30 s is failed (then retried)
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_HEALTH_CHECK_THRESHOLD),
                 "PYTHONPATH": str(REPO_ROOT),
             }
         )
+        if AIRFLOW_3:
+            self.env.update(
+                {
+                    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT),
+                    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+                    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                }
+            )
+        else:
+            self.webserver_port = free_port()
+            self.env.update(
+                {
+                    "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": str(TASK_HEARTBEAT_TIMEOUT),
+                    "AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL": "5",
+                    "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
+                    "AIRFLOW__WEBSERVER__WEB_SERVER_HOST": "127.0.0.1",
+                    "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(self.webserver_port),
+                    "AIRFLOW__WEBSERVER__WORKERS": "1",
+                }
+            )
+        if (
+            triggerer_capacity is not None
+        ):  # triggers one triggerer may hold (``default_capacity`` before 3.0)
+            option = "CAPACITY" if AIRFLOW_3 else "DEFAULT_CAPACITY"
+            self.env[f"AIRFLOW__TRIGGERER__{option}"] = str(triggerer_capacity)
         self.env.update(extra_env or {})
 
     # ------------------------------------------------------------------------------------------ hosts
@@ -280,7 +311,11 @@ class DistributedStack(AirflowStack):
         )
 
     def host_env(self, host: str) -> dict[str, str]:
+        """The environment of one host's daemons. The control host gets no connections: scheduler, DAG processor
+        and API server never call the Batch API, so only workers and triggerers hold the secrets."""
         env = dict(self.env)
+        if host == "control":
+            env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_CONN_")}
         env.update(
             {
                 "AIRFLOW_HOME": str(self.host_home(host)),
@@ -297,6 +332,13 @@ class DistributedStack(AirflowStack):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(source)
         return self.dags_folder / filename
+
+    def write_host_file(self, host: str, filename: str, text: str) -> Path:
+        """Write a file into one host's DAGs folder only."""
+        path = self.host_dags(host) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
 
     def _spawn_on(self, host: str, name: str, *args: str) -> ManagedProcess:
         self.host_home(host).mkdir(parents=True, exist_ok=True)
@@ -321,9 +363,21 @@ class DistributedStack(AirflowStack):
                 "control", "api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port)
             )
             self._spawn_on("control", "dag-processor", "dag-processor")
+        else:
+            self._spawn_on(
+                "control",
+                "webserver",
+                "webserver",
+                "--hostname",
+                "127.0.0.1",
+                "--port",
+                str(self.webserver_port),
+                "--workers",
+                "1",
+            )
         self._spawn_on("control", "scheduler", "scheduler", "--skip-serve-logs")
-        for _ in range(self.n_triggerers):
-            self.start_triggerer()
+        for n in range(1, self.n_triggerers + 1):
+            self.start_triggerer(f"triggerer-{n}")
         self.declare_broker_queue()
         for n in range(1, self.n_workers + 1):
             self.start_worker(n)
@@ -337,17 +391,21 @@ class DistributedStack(AirflowStack):
         with Connection(self.env["AIRFLOW__CELERY__BROKER_URL"]) as connection:
             connection.SimpleQueue(queue).close()
 
-    def start_triggerer(self) -> ManagedProcess:
-        n = len(self.triggerers) + 1
-        host = f"triggerer-{(n - 1) % self.n_triggerers + 1}"
-        triggerer = self._spawn_on(host, f"triggerer-{n}", "triggerer", "--skip-serve-logs")
+    def start_triggerer(self, host: str = "triggerer-1") -> ManagedProcess:
+        """A triggerer on ``host`` (again, after a kill: its process log gets a numbered name)."""
+        earlier = sum(p.env.get("SENTINEL_BATCH_TEST_HOSTNAME") == host for p in self.triggerers)
+        name = host if not earlier else f"{host}.{earlier + 1}"
+        triggerer = self._spawn_on(host, name, "triggerer", "--skip-serve-logs")
         self.triggerers.append(triggerer)
         return triggerer
 
     def start_worker(self, n: int) -> ManagedProcess:
+        """A Celery worker on host ``worker-<n>`` (again, after a kill: its process log gets a numbered name)."""
+        host = f"worker-{n}"
+        earlier = sum(p.env.get("SENTINEL_BATCH_TEST_HOSTNAME") == host for p in self.workers)
         worker = self._spawn_on(
-            f"worker-{n}",
-            f"worker-{n}",
+            host,
+            host if not earlier else f"{host}.{earlier + 1}",
             "celery",
             "worker",
             "--celery-hostname",
@@ -360,6 +418,26 @@ class DistributedStack(AirflowStack):
         )
         self.workers.append(worker)
         return worker
+
+    def process_on(self, host: str, processes: list[ManagedProcess]) -> ManagedProcess:
+        """The live process of ``processes`` that runs on ``host``."""
+        found = [p for p in processes if p.env.get("SENTINEL_BATCH_TEST_HOSTNAME") == host and p.alive()]
+        assert len(found) == 1, f"{len(found)} live processes on {host}"
+        return found[0]
+
+    def host_processes(self, host: str) -> list[int]:
+        """PIDs of every live process of ``host`` (its ``AIRFLOW_HOME`` in the environment), children included."""
+        marker = f"AIRFLOW_HOME={self.host_home(host)}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours
+                continue
+        return pids
 
     def kill_group(self, process: ManagedProcess) -> None:
         """SIGKILL a daemon's whole process group at once (the host is gone); it is expected to be dead."""
@@ -388,11 +466,13 @@ class DistributedStack(AirflowStack):
                 return False
             if AIRFLOW_3 and not self._api_ok("/api/v2/monitor/health"):
                 return False
+            if not AIRFLOW_3 and not self._api_ok("/health", f"http://127.0.0.1:{self.webserver_port}"):
+                return False
             parsed = self.query("SELECT dag_id FROM serialized_dag WHERE dag_id = ANY(?)", list(dag_ids))
             return len({row["dag_id"] for row in parsed}) == len(dag_ids)
 
         self.wait(
-            f"{kinds}, {self.n_workers} Celery workers ready and DAGs {dag_ids} parsed",
+            f"{kinds}, {self.n_workers} Celery workers ready, the web server up and DAGs {dag_ids} parsed",
             ready,
             timeout=timeout,
         )
@@ -426,7 +506,7 @@ class DistributedStack(AirflowStack):
             return []
         try:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
-                cursor.execute(sql.replace("?", "%s"), params)
+                cursor.execute(sql.replace("?", "%s"), params or None)
                 return list(cursor.fetchall())
         except psycopg2.errors.UndefinedTable:
             return []
@@ -442,6 +522,30 @@ class DistributedStack(AirflowStack):
             if path.exists():
                 return path
         return self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+
+    def _api_ok(self, path: str, base: str | None = None) -> bool:
+        try:
+            return self.http.get((base or self.api_url) + path, timeout=5).status_code == 200
+        except Exception:
+            return False
+
+    def host_task_log(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int = -1,
+        attempt: int = 1,
+        host: str = "worker-1",
+    ) -> str:
+        """One attempt's task log as the worker on ``host`` wrote it."""
+        folder = (
+            self.host_home(host) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        )
+        if map_index >= 0:
+            folder = folder / f"map_index={map_index}"
+        path = folder / f"attempt={attempt}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def trigger_log_owners(
         self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, attempt: int = 1
