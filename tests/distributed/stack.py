@@ -49,7 +49,7 @@ from tests.triggerer.stack import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_USER = "airflow"
-TRIGGERER_HEALTH_CHECK_THRESHOLD = 10.0  # s without a heartbeat before a triggerer's triggers are adopted
+TRIGGERER_HEALTH_CHECK_THRESHOLD = 10  # s without a heartbeat before a triggerer's triggers are adopted
 TASK_HEARTBEAT_TIMEOUT = 30  # s without a heartbeat before a running task counts as lost
 
 
@@ -426,18 +426,54 @@ class DistributedStack(AirflowStack):
         return found[0]
 
     def host_processes(self, host: str) -> list[int]:
-        """PIDs of every live process of ``host`` (its ``AIRFLOW_HOME`` in the environment), children included."""
+        """PIDs of every live process of ``host``: its working directory is the host's folder, or its environment
+        names the host's ``AIRFLOW_HOME`` (``setproctitle`` may overwrite the latter, forks keep the former)."""
+        folder = str(self.hosts_dir / host)
         marker = f"AIRFLOW_HOME={self.host_home(host)}".encode()
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                cwd = os.readlink(entry / "cwd")
+                if (
+                    cwd == folder
+                    or cwd.startswith(folder + os.sep)
+                    or marker in (entry / "environ").read_bytes().split(b"\0")
+                ):
                     pids.append(int(entry.name))
-            except OSError:  # gone meanwhile, or not ours
+            except OSError:  # gone meanwhile, a zombie, or not ours
                 continue
         return pids
+
+    @staticmethod
+    def descendants(pid: int) -> list[int]:
+        """Every live descendant of ``pid``, whatever its process group (task runners start their own)."""
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+    def kill_host(self, process: ManagedProcess, host: str) -> None:
+        """The host is gone: SIGKILL the daemon's process group, every descendant (task processes run in groups
+        of their own) and anything else still running on ``host``."""
+        doomed = set(self.descendants(process.pid)) | set(self.host_processes(host))
+        self.kill_group(process)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def kill_group(self, process: ManagedProcess) -> None:
         """SIGKILL a daemon's whole process group at once (the host is gone); it is expected to be dead."""

@@ -399,8 +399,10 @@ def test_killed_triggerer_wait_is_adopted_and_the_job_keeps_running(stack: Any) 
     survivor_id = next(job_id for host, job_id in alive.items() if host != victim_host)
 
     killed_at = time.monotonic()
-    stack.kill_group(victim)
-    assert stack.host_processes(victim_host) == [], "the killed triggerer's host still runs processes"
+    stack.kill_host(victim, victim_host)
+    stack.wait(
+        "the killed triggerer's host to be empty", lambda: not stack.host_processes(victim_host), timeout=10
+    )
 
     def adopted() -> int | None:
         rows = stack.query(
@@ -468,8 +470,10 @@ def test_worker_killed_mid_create_retry_reattaches(stack: Any) -> None:
             ti["map_index"] for ti in creates if ti["state"] == "running" and ti["hostname"] == victim_host
         }
         assert 0 in lost, creates  # the task still waits for the answer
-        stack.kill_group(stack.process_on(victim_host, stack.workers))
-        assert stack.host_processes(victim_host) == [], "the killed worker's host still runs processes"
+        stack.kill_host(stack.process_on(victim_host, stack.workers), victim_host)
+        stack.wait(
+            "the killed worker's host to be empty", lambda: not stack.host_processes(victim_host), timeout=10
+        )
         killed_at = time.monotonic()
     finally:
         stack.emulator.control("POST", "/faults", {"clear": True})
