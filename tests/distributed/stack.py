@@ -40,8 +40,8 @@ from tests.triggerer.stack import (
     AIRFLOW_3,
     BIN,
     AirflowStack,
-    EmulatorProcess,
     ManagedProcess,
+    StackEmulator,
     _interrupt_when_orphaned,
     clean_environment,
     free_port,
@@ -230,7 +230,7 @@ class DistributedStack(AirflowStack):
     def __init__(
         self,
         root: Path,
-        emulator: EmulatorProcess,
+        emulator: StackEmulator,
         postgres: PostgresServer,
         *,
         workers: int = 2,

@@ -44,7 +44,7 @@ from tests.triggerer.stack import (
     AIRFLOW_VERSION,
     BIN,
     TRIGGER_CLASSPATH,
-    EmulatorProcess,
+    StackEmulator,
     clean_environment,
 )
 
@@ -166,7 +166,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     root = tmp_path_factory.mktemp("distributed")
     postgres = PostgresServer(log_dir=root / "logs")
-    emulator = EmulatorProcess(root, time_scale=SLOW, env=clean_environment())
+    emulator = StackEmulator(root, time_scale=SLOW, env=clean_environment())
     stack = None
     try:
         postgres.start()

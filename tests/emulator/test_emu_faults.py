@@ -158,13 +158,13 @@ def test_create_delay_holds_the_job_back_until_the_answer(api: Api, emu: Emulato
 def test_create_answer_delay_lists_the_job_before_the_answer(api: Api, emu: EmulatorServer) -> None:
     import threading
 
-    from tests.seed import seed_payload
+    from tests.payloads import corsica_v1
 
     emu.set_faults(create_answer_delay_ms=600)
     answers: list[int] = []
     creating = threading.Thread(
         target=lambda: answers.append(
-            api.post("/api/v1/batch/process", json=seed_payload("bucket")).status_code
+            api.post("/api/v1/batch/process", json=corsica_v1("bucket")).status_code
         )
     )
     start = time.monotonic()
