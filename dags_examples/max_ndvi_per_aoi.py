@@ -153,8 +153,12 @@ with DAG(
         return wait_for_done.output
 
     @task
-    def report(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def report(results: list[dict[str, Any]] | dict[str, Any]) -> list[dict[str, Any]]:
         """One line per AOI job and the total cost, plus a JSON line for scripts."""
+        # Airflow 3 hands a mapped group's output over as the value itself, not a list, when the group expanded
+        # to one instance (a single AOI)
+        if isinstance(results, dict):
+            results = [results]
         lines = []
         for result in results:
             request_id = str(result.get("request_id"))

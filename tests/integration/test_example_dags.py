@@ -161,3 +161,15 @@ def test_corsica_v2_result_manifest_from_the_emulator_bucket(dag_runner, server)
     assert manifest["source"] == "execution database" and counts["total"] > 0
     assert counts["done"] == counts["total"] and counts["failed"] == 0
     assert result.xcom("summary")["results"]["counts"] == counts
+
+
+def test_per_aoi_with_a_single_area(dag_runner, server):
+    """One AOI still maps (one task instance each) and the report lists that one job."""
+    aois = [{"name": "cap corse", "bbox": [9.3, 42.7, 9.5, 43.0]}]
+    result = run_example(dag_runner, "max_ndvi_per_aoi", conf={"aois": aois})
+    assert result.succeeded, result.describe()
+    assert len(result.mapped("per_aoi.create")) == len(result.mapped("per_aoi.wait_for_done")) == 1
+    jobs = result.xcom("report")
+    assert [job["status"] for job in jobs] == ["DONE"]
+    assert jobs[0]["output_location"].startswith("s3://sentinel-batch-demo/per-aoi/cap-corse/")
+    assert server.stats()["jobs_created"] == 1
