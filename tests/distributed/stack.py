@@ -387,9 +387,17 @@ class DistributedStack(AirflowStack):
         transport creates them on first use with an in-process lock only, so two workers starting together
         race (one dies on a unique-key violation)."""
         from kombu import Connection
+        from kombu.transport.sqlalchemy import Channel
 
         with Connection(self.env["AIRFLOW__CELERY__BROKER_URL"]) as connection:
-            connection.SimpleQueue(queue).close()
+            simple = connection.SimpleQueue(queue)
+            if simple.channel._session is not None:
+                simple.channel._session.close()
+            simple.close()
+        # the transport caches its engine per process: close it now, not at exit after PostgreSQL has stopped
+        for engine, _session in Channel._engines.values():
+            engine.dispose()
+        Channel._engines.clear()
 
     def start_triggerer(self, host: str = "triggerer-1") -> ManagedProcess:
         """A triggerer on ``host`` (again, after a kill: its process log gets a numbered name)."""

@@ -15,8 +15,13 @@ instance has exactly one job, and that no job was stopped or cancelled.
 4. ``seasonal_max_ndvi`` catches up six months with ``max_active_runs=2`` and the ``sentinel_batch`` pool (2 slots,
    deferred tasks counted): never more than two runs or two pool slots in use, six jobs.
 5. No shared filesystem: the ``.json`` payload and ``.js`` evalscript templates exist only in the workers' own
-   DAG folders (each with a marker of its host) and resolve there; connections come from the environment of the
-   workers and triggerers only (the control host has none, the metadata DB has none).
+   DAG folders and resolve there (this scenario's own templates carry a marker of their host, to show which copy
+   was read); connections come from the environment of the workers and triggerers only (the control host has
+   none, the metadata DB has none).
+
+The example DAGs' own templates (``include/max_ndvi.js``) are the same on every worker, as a deployed DAG bundle
+is: a retry on another worker must render the same payload to re-attach (a payload that differs is, correctly, a
+new job).
 
 Sizes: ``SENTINEL_BATCH_DISTRIBUTED_AOIS`` (default 20) areas, ``SENTINEL_BATCH_DISTRIBUTED_MONTHS`` (default 6)
 months of catchup. Switch: ``SENTINEL_BATCH_DISTRIBUTED_TESTS`` = ``auto`` (default: skip when this machine cannot
@@ -57,6 +62,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "dags_examples"
 PER_AOI = "max_ndvi_per_aoi"
 SEASONAL = "seasonal_max_ndvi"
 TEMPLATES = "bundle_templates"
+BUNDLE_REQUEST = "include/bundle_request.json"  # the templates DAG's own files, one marked copy per worker
+BUNDLE_EVALSCRIPT = "include/bundle_evalscript.js"
 WORKERS = ("worker-1", "worker-2")
 SLOW = 0.2  # emulated s per real s while the test needs the jobs to keep running (all waits deferred at once)
 FAST = 100.0  # then the rest of each job takes a few seconds
@@ -185,11 +192,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         stack.write_dag(f"{PER_AOI}.py", (EXAMPLES / f"{PER_AOI}.py").read_text())
         stack.write_dag(f"{TEMPLATES}.py", TEMPLATES_DAG)
-        # the templates only where tasks run, each copy marked with its host (no shared folder anywhere)
+        # the templates only where tasks run (no shared folder anywhere): the examples' evalscript as shipped,
+        # the same on every worker, and the templates DAG's own files, each copy marked with its host
         evalscript = (EXAMPLES / "include" / "max_ndvi.js").read_text()
         for host in WORKERS:
-            stack.write_host_file(host, "include/max_ndvi.js", f"// bundle copy: {host}\n{evalscript}")
-            stack.write_host_file(host, "include/aoi_request.json", _request_template(host))
+            stack.write_host_file(host, "include/max_ndvi.js", evalscript)
+            stack.write_host_file(host, BUNDLE_EVALSCRIPT, f"{_host_marker(host)}\n{evalscript}")
+            stack.write_host_file(host, BUNDLE_REQUEST, _request_template(host))
         stack.migrate()
         stack.airflow("pools", "set", "sentinel_batch", "64", "Sentinel Hub batch jobs", "--include-deferred")
         emulator.wait_ready()
@@ -213,7 +222,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             shutil.copytree(root, os.environ["SENTINEL_BATCH_KEEP_LOGS"], dirs_exist_ok=True)
 
 
-TEMPLATES_DAG = '''"""Templates from the DAG bundle: a .json payload and a .js evalscript next to the DAG file."""
+TEMPLATES_DAG = f'''"""Templates from the DAG bundle: a .json payload and a .js evalscript next to the DAG file."""
 from datetime import datetime
 
 from airflow.providers.common.compat.sdk import DAG
@@ -224,8 +233,8 @@ from airflow_provider_sentinel_batch.sensors.batch import SentinelBatchSensor
 with DAG("bundle_templates", schedule=None, start_date=datetime(2024, 1, 1), catchup=False) as dag:
     create = SentinelBatchCreateOperator(
         task_id="create",
-        payload="include/aoi_request.json",
-        evalscript="include/max_ndvi.js",
+        payload={BUNDLE_REQUEST!r},
+        evalscript={BUNDLE_EVALSCRIPT!r},
         bucket_conn_id="sentinel_batch_bucket",
         api_version="v2",
     )
@@ -241,6 +250,11 @@ with DAG("bundle_templates", schedule=None, start_date=datetime(2024, 1, 1), cat
     )
     create >> start >> wait
 '''
+
+
+def _host_marker(host: str) -> str:
+    """The first line of one worker's copy of the templates DAG's evalscript."""
+    return f"// bundle copy: {host}"
 
 
 def _request_template(host: str) -> str:
@@ -310,7 +324,9 @@ def _jobs_by_tag(stack: Any) -> dict[str, list[dict[str, Any]]]:
 def _assert_one_done_job_each(stack: Any, tags: set[str], created_before: int) -> list[dict[str, Any]]:
     """Exactly one job per tag (task instance), no other job created meanwhile, all DONE, nothing stopped."""
     by_tag = _jobs_by_tag(stack)
-    assert {tag: len(by_tag.get(tag, [])) for tag in tags} == dict.fromkeys(tags, 1), by_tag
+    # on failure: each task instance's jobs by description (its identity label names the payload fingerprint)
+    seen = {tag: [(job["id"], job.get("description")) for job in by_tag.get(tag, [])] for tag in tags}
+    assert {tag: len(jobs) for tag, jobs in seen.items()} == dict.fromkeys(tags, 1), seen
     assert stack.emulator.stats()["jobs_created"] - created_before == len(tags)
     jobs = [by_tag[tag][0] for tag in tags]
     assert {job["status"] for job in jobs} == {"DONE"}, jobs
@@ -561,7 +577,7 @@ def test_templates_and_connections_need_no_shared_filesystem(stack: Any) -> None
         detail = stack.emulator.job(job["id"])
         # rendered on the worker that ran the task, from that worker's own copy of the templates
         assert job["description"].startswith(f"template from {create['hostname']}, run {run_id}")
-        assert f"// bundle copy: {create['hostname']}" in detail["request"]["processRequest"]["evalscript"]
+        assert _host_marker(create["hostname"]) in detail["request"]["processRequest"]["evalscript"]
         hosts.add(create["hostname"])
     _assert_one_done_job_each(
         stack, {_tag(TEMPLATES, "create", f"templates_{n}", -1) for n in (1, 2)}, created
