@@ -347,7 +347,8 @@ def _running_triggerers(stack: Any) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------ scenarios
 def test_mapped_aois_spread_over_workers_and_triggerers(stack: Any) -> None:
     run_id = "per_aoi_spread"
-    created = stack.emulator.stats()["jobs_created"]
+    before = stack.emulator.stats()
+    created = before["jobs_created"]
     started = time.monotonic()
     stack.emulator.set_time_scale(SLOW)
     with Sampler(stack) as sampler:
@@ -389,12 +390,24 @@ def test_mapped_aois_spread_over_workers_and_triggerers(stack: Any) -> None:
     _assert_one_done_job_each(
         stack, {_tag(PER_AOI, "per_aoi.create", run_id, i) for i in range(AOIS)}, created
     )
+    # one token per process that called the API: each try of a create, start or wait task, each wait resumed
+    # after its trigger fired (a task run of its own), and each triggerer
+    stats = stack.emulator.stats()
+    batch_tasks = {"per_aoi.create", "per_aoi.start", "per_aoi.wait_for_done"}
+    processes = (
+        sum(ti["try_number"] for ti in tis if ti["task_id"] in batch_tasks) + AOIS + len(triggerer_jobs)
+    )
+    tokens = stats["token_requests"] - before["token_requests"]
+    assert tokens == processes, (tokens, processes, tis)
+    calls = {k: v - before["calls"].get(k, 0) for k, v in stats["calls"].items() if "/token" not in k}
     per_triggerer = {t: sum(t in held for held in sampler.assignments.values()) for t in triggerer_jobs}
     print(
         f"\n[{AOIS} AOIs] all waits deferred after {deferred_after:.0f} s, run {elapsed:.0f} s; tasks per worker "
         f"{ {h: sum(ti['hostname'] == h for ti in tis) for h in sorted(hosts)} }; waits per triggerer {per_triggerer}; "
-        f"emulator stats {stack.emulator.stats()['calls']}, tokens {stack.emulator.stats()['token_requests']}"
+        f"API calls {calls} ({sum(calls.values()) / AOIS:.1f} per job); "
+        f"{tokens} token fetches for {processes} processes"
     )
+    stack.timings["API calls per job"] = sum(calls.values()) / AOIS
 
 
 def test_killed_triggerer_wait_is_adopted_and_the_job_keeps_running(stack: Any) -> None:
