@@ -45,6 +45,7 @@ from typing import Any
 import pytest
 
 from tests.distributed.stack import TRIGGERER_HEALTH_CHECK_THRESHOLD
+from tests.payloads import EXAMPLES, corsica_v2
 from tests.triggerer.stack import (
     AIRFLOW_VERSION,
     BIN,
@@ -58,7 +59,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 SWITCH = "SENTINEL_BATCH_DISTRIBUTED_TESTS"
 AOIS = int(os.environ.get("SENTINEL_BATCH_DISTRIBUTED_AOIS", "20"))
 MONTHS = int(os.environ.get("SENTINEL_BATCH_DISTRIBUTED_MONTHS", "6"))
-EXAMPLES = Path(__file__).resolve().parents[2] / "dags_examples"
 PER_AOI = "max_ndvi_per_aoi"
 SEASONAL = "seasonal_max_ndvi"
 TEMPLATES = "bundle_templates"
@@ -258,34 +258,16 @@ def _host_marker(host: str) -> str:
 
 
 def _request_template(host: str) -> str:
-    """A v2 request body as a Jinja ``.json`` template, marked with the host whose DAG folder holds it."""
-    body = {
-        "processRequest": {
-            "input": {
-                "bounds": {
-                    "bbox": [9.3, 42.7, 9.5, 43.0],
-                    "properties": {"crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"},
-                },
-                "data": [
-                    {
-                        "type": "sentinel-2-l2a",
-                        "dataFilter": {
-                            "timeRange": {"from": "2019-04-01T00:00:00Z", "to": "2019-06-30T00:00:00Z"}
-                        },
-                    }
-                ],
-            },
-            "output": {"responses": [{"identifier": "default", "format": {"type": "image/tiff"}}]},
-        },
-        "input": {"type": "tiling-grid", "id": 0, "resolution": 60.0},
-        "output": {
-            "type": "raster",
-            "delivery": {
-                "s3": {"url": "s3://bundle-bucket/{{ run_id }}/<requestId>/<tileName>/<outputId>.<format>"}
-            },
-        },
-        "description": f"template from {host}, run {{{{ run_id }}}}",
-    }
+    """A v2 request body as a Jinja ``.json`` template, marked with the host whose DAG folder holds it (no
+    evalscript: the create adds the ``.js`` template's)."""
+    body = corsica_v2(
+        "s3://bundle-bucket/{{ run_id }}/<requestId>/<tileName>/<outputId>.<format>",
+        description=f"template from {host}, run {{{{ run_id }}}}",
+        bbox=[9.3, 42.7, 9.5, 43.0],
+        data_type="sentinel-2-l2a",
+        max_cloud_coverage=None,
+    )
+    del body["processRequest"]["evalscript"]
     return json.dumps(body, indent=2)
 
 
