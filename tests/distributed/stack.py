@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +37,9 @@ from typing import Any
 
 from tests.triggerer.stack import (
     AIRFLOW_3,
-    BIN,
     AirflowStack,
     ManagedProcess,
     StackEmulator,
-    _interrupt_when_orphaned,
     clean_environment,
     free_port,
 )
@@ -165,21 +162,7 @@ class PostgresServer(ManagedProcess):
             "--locale=C",
             "--no-sync",
         )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                preexec_fn=_interrupt_when_orphaned if sys.platform == "linux" else None,
-                user=self.run_as[0] if self.run_as else None,
-                group=self.run_as[1] if self.run_as else None,
-                extra_groups=[] if self.run_as else None,
-            )
+        super().start()
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -195,6 +178,12 @@ class PostgresServer(ManagedProcess):
             self.execute("postgres", f"CREATE DATABASE {database}")
         self.ready_seconds = time.monotonic() - started
         return self
+
+    def popen_options(self) -> dict[str, Any]:
+        """Run as the unprivileged user when root (PostgreSQL refuses to run as root)."""
+        if not self.run_as:
+            return {}
+        return {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
 
     def url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
         return f"{driver}://{PG_USER}@127.0.0.1:{self.port}/{database}"
@@ -341,23 +330,14 @@ class DistributedStack(AirflowStack):
         return path
 
     def _spawn_on(self, host: str, name: str, *args: str) -> ManagedProcess:
+        """Start ``airflow <args>`` as the daemon ``name`` on one simulated host (its home, folder and env)."""
         self.host_home(host).mkdir(parents=True, exist_ok=True)
-        process = ManagedProcess(
-            name,
-            [str(BIN / "airflow"), *args],
-            env=self.host_env(host),
-            cwd=self.hosts_dir / host,
-            log_path=self.process_logs / f"{name}.log",
-        ).start()
-        self.processes.append(process)
-        return process
+        return self._spawn(name, *args, env=self.host_env(host), cwd=self.hosts_dir / host)
 
     # ------------------------------------------------------------------------------------------- life
     def start(self) -> None:
         """Start every daemon (the DB migrated, the DAG files in place, the emulator ready)."""
-        if not self.emulator.airflow_conn:
-            raise RuntimeError("start the emulator first: the daemons need its connection")
-        self.env["AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT"] = self.emulator.airflow_conn
+        self._connect_emulator()
         if AIRFLOW_3:
             self._spawn_on(
                 "control", "api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port)

@@ -51,6 +51,7 @@ from tests.triggerer.stack import (
     BIN,
     TRIGGER_CLASSPATH,
     StackEmulator,
+    check_environment,
     clean_environment,
 )
 
@@ -71,15 +72,6 @@ RUN_TIMEOUT = 600.0
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def _switch() -> str:
-    value = os.environ.get(SWITCH, "auto").strip().lower()
-    if value in {"0", "off", "false", "no", "skip"}:
-        return "off"
-    if value in {"1", "on", "true", "yes", "require", "required"}:
-        return "require"
-    return "auto"
-
-
 def _environment_problem() -> str | None:
     if os.name != "posix" or not hasattr(os, "killpg"):
         return "the daemons are stopped through POSIX process groups"
@@ -98,15 +90,9 @@ def _environment_problem() -> str | None:
 
 
 def _check_environment() -> None:
-    switch = _switch()
-    if switch == "off":
-        pytest.skip(f"{SWITCH}={os.environ.get(SWITCH)} switches the distributed tests off")
-    problem = _environment_problem()
-    if problem is None:
-        return
-    if switch == "require":
-        pytest.fail(f"{SWITCH}=require, but this machine cannot run them: {problem}")
-    pytest.skip(f"cannot run the distributed stack here: {problem} (set {SWITCH}=require to fail instead)")
+    check_environment(
+        SWITCH, what="distributed", cannot="the distributed stack", problem=_environment_problem
+    )
 
 
 def _aois(count: int) -> list[dict[str, Any]]:

@@ -72,6 +72,22 @@ def local_session() -> requests.Session:
     return session
 
 
+def check_environment(switch: str, *, what: str, cannot: str, problem: Callable[[], str | None]) -> None:
+    """Skip, fail or go on, by the on/auto/require environment switch ``switch`` and by ``problem()`` (why this
+    machine cannot run the stack, or None). ``what`` names the tests, ``cannot`` what could not run."""
+    import pytest
+
+    value = os.environ.get(switch, "auto").strip().lower()
+    if value in {"0", "off", "false", "no", "skip"}:
+        pytest.skip(f"{switch}={os.environ.get(switch)} switches the {what} tests off")
+    found = problem()
+    if found is None:
+        return
+    if value in {"1", "on", "true", "yes", "require", "required"}:
+        pytest.fail(f"{switch}=require, but this machine cannot run them: {found}")
+    pytest.skip(f"cannot run {cannot} here: {found} (set {switch}=require to fail instead)")
+
+
 class ManagedProcess:
     """One daemon in its own process group, its output in ``log_path``; :meth:`stop` is SIGINT then SIGKILL."""
 
@@ -109,8 +125,13 @@ class ManagedProcess:
                 stderr=log,
                 start_new_session=True,  # own process group: stop() reaches every worker it forks
                 preexec_fn=_interrupt_when_orphaned if sys.platform == "linux" else None,
+                **self.popen_options(),
             )
         return self
+
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` arguments for this process (none here; e.g. a user to run as)."""
+        return {}
 
     @property
     def pid(self) -> int:
@@ -296,22 +317,29 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
 
-    def _spawn(self, name: str, *args: str) -> ManagedProcess:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> ManagedProcess:
+        """Start ``airflow <args>`` as the daemon ``name`` (this stack's environment and folder unless given)."""
         process = ManagedProcess(
             name,
             [str(BIN / "airflow"), *args],
-            env=self.env,
-            cwd=self.root,
+            env=self.env if env is None else env,
+            cwd=self.root if cwd is None else cwd,
             log_path=self.process_logs / f"{name}.log",
         ).start()
         self.processes.append(process)
         return process
 
-    def start(self) -> None:
-        """Start the daemons (the DB migrated, the DAG files in place, the emulator ready)."""
+    def _connect_emulator(self) -> None:
+        """Give the daemons the emulator's connection (the emulator must be running)."""
         if not self.emulator.airflow_conn:
             raise RuntimeError("start the emulator first: the daemons need its connection")
         self.env["AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT"] = self.emulator.airflow_conn
+
+    def start(self) -> None:
+        """Start the daemons (the DB migrated, the DAG files in place, the emulator ready)."""
+        self._connect_emulator()
         if AIRFLOW_3:
             self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.api_port))
             self._spawn("dag-processor", "dag-processor")

@@ -40,6 +40,7 @@ from tests.triggerer.stack import (
     TRIGGER_CLASSPATH,
     AirflowStack,
     StackEmulator,
+    check_environment,
     clean_environment,
     free_port,
 )
@@ -55,15 +56,6 @@ HAS_TRIGGER_ON_KILL = Version(Version(AIRFLOW_VERSION).base_version) >= Version(
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def _switch() -> str:
-    value = os.environ.get(SWITCH, "auto").strip().lower()
-    if value in {"0", "off", "false", "no", "skip"}:
-        return "off"
-    if value in {"1", "on", "true", "yes", "require", "required"}:
-        return "require"
-    return "auto"
-
-
 def _environment_problem() -> str | None:
     if os.name != "posix" or not hasattr(os, "killpg"):
         return "the daemons are stopped through POSIX process groups"
@@ -80,15 +72,7 @@ def _environment_problem() -> str | None:
 
 
 def _check_environment() -> None:
-    switch = _switch()
-    if switch == "off":
-        pytest.skip(f"{SWITCH}={os.environ.get(SWITCH)} switches the real-triggerer tests off")
-    problem = _environment_problem()
-    if problem is None:
-        return
-    if switch == "require":
-        pytest.fail(f"{SWITCH}=require, but this machine cannot run them: {problem}")
-    pytest.skip(f"cannot run Airflow's daemons here: {problem} (set {SWITCH}=require to fail instead)")
+    check_environment(SWITCH, what="real-triggerer", cannot="Airflow's daemons", problem=_environment_problem)
 
 
 def _payload(version: str) -> dict[str, Any]:
