@@ -3,7 +3,7 @@
 The emulator (its own process) enforces a ``600/60`` rate-limit policy in emulated time and runs ``--scale``
 times faster than real time, so an emulated minute lasts ``60 / scale`` s; the triggers poll every 60 emulated
 seconds (``poll_interval = 60 / scale``, fixed intervals: 1,000 waits ask for 1,000 requests a minute, more than
-the account allows). The budget's own time constants (burst, recovery) are scaled the same way. Each variant runs
+the account allows). The budget's own time constants (window, burst, recovery) are scaled the same way. Each variant runs
 in a fresh process on fresh jobs (v2, started together, finishing at different times): ``without`` (no budget:
 every trigger meets its 429s alone) and ``with`` (``requests_per_minute`` = the account's limit). Per variant:
 API calls the emulator counted, 429 answers, outcomes, and per job the detection delay (the event's wall time
@@ -42,6 +42,7 @@ def child(args: argparse.Namespace) -> None:
     from airflow_provider_sentinel_batch import budget
     from airflow_provider_sentinel_batch.triggers.batch import SentinelBatchTrigger
 
+    budget.WINDOW_S /= args.scale
     budget.BURST_S /= args.scale
     budget.RECOVERY_S /= args.scale
     ids = json.loads(os.environ["BENCH_IDS"])
@@ -84,13 +85,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=10.0, help="emulator time_scale")
     parser.add_argument("--deadline", type=float, default=50.0, help="wall seconds each wait may last")
+    parser.add_argument("--variants", default="without,with", help="comma-separated: without, with")
+    parser.add_argument(
+        "--budget-rpm", type=float, default=600.0, help="the budget's requests_per_minute (emulated minutes)"
+    )
     parser.add_argument("--child", choices=["with", "without"])
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     rows = []
-    for variant in ("without", "with"):
+    for variant in args.variants.split(","):
         with emulator(time_scale=args.scale, extra=["--rate-limit", LIMIT]) as emu:
             ids = emu.control(
                 "POST",
@@ -104,8 +109,7 @@ def main() -> None:
                 },
             )["ids"]
             conn = json.loads(emu.conn_json)
-            limit_per_wall_minute = 600 * args.scale
-            conn["extra"]["requests_per_minute"] = limit_per_wall_minute if variant == "with" else 0
+            conn["extra"]["requests_per_minute"] = args.budget_rpm * args.scale if variant == "with" else 0
             env = {
                 **os.environ,
                 "AIRFLOW_CONN_SENTINEL_BATCH_DEFAULT": json.dumps(conn),
