@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark (triggerer scale, polls, parse cost, hook, emulator, httpx vs aiohttp), one command:
+# Every benchmark (triggerer scale, polls, parse cost, hook, emulator, httpx vs aiohttp, request budget), one command:
 #   bash benchmarks/run_all.sh            # full run (~10 min on 2 cores); rewrites the tables in docs/benchmarks.md
 #   bash benchmarks/run_all.sh --quick    # no 10,000-trigger run, fewer repeats (~4 min); tables only printed
 #   bash benchmarks/run_all.sh --only scale,polls
