@@ -2,12 +2,15 @@
 
 Every call of the hook and of the triggers' async client draws on :func:`budget_for` (token URL, client id):
 one :class:`RequestBudget` per account and process, whatever the connection or trigger. Routine calls (status
-polls, listings) each take the next free slot of an even schedule at ``requests_per_minute`` (so a thousand
-waits due in the same second are spread over the minute instead of colliding at its top; on an idle account
-up to ``BURST_S`` seconds' worth of calls go at once); actions (create,
-analyse, start, stop) never wait for a slot, they only push the polls' schedule back by one slot. A 429 with
-``Retry-After`` holds routine calls back until the window it names has passed, and halves the pace for the
-minute after it (back to full pace in steps as that minute passes without another 429).
+polls, listings) each take the next free slot of an even schedule (so a thousand waits due in the same second are
+spread over the minute instead of colliding at its top; on an idle account up to ``BURST_S`` seconds' worth of
+calls go at once). The schedule is a generic cell rate algorithm sized so that no 60 seconds hold more than
+``requests_per_minute`` minus ``HEADROOM`` of it, burst included: the service counts requests in a sliding window,
+and the headroom is for calls that leave later than their slot (a busy event loop, a wait for a connection) and
+so land in the next window next to calls that left on time. Actions (create, analyse, start, stop) never wait for
+a slot, they only push the polls' schedule back by one slot. A 429 with ``Retry-After`` holds routine calls back
+until the window it names has passed (calls already waiting for a slot inside it take a new one after it), the
+schedule restarts there without a burst, at half pace, back to full pace over the minute after it.
 """
 
 from __future__ import annotations
@@ -28,19 +31,23 @@ DEFAULT_REQUESTS_PER_MINUTE: dict[str, float | None] = {
     "custom": None,  # your own endpoint (the emulator): unlimited unless the connection says
 }
 
+#: The window the service counts requests in, in seconds.
+WINDOW_S = 60.0
 #: How long after a 429 the pace stays reduced, in seconds.
 RECOVERY_S = 60.0
 #: Seconds' worth of routine calls that may go at once on an idle account (pagination, a task's few reads).
 BURST_S = 2.0
+#: Share of ``requests_per_minute`` the schedule leaves unused, for calls that leave later than their slot.
+HEADROOM = 0.05
 
 
 class RequestBudget:
-    """An even schedule of routine calls at ``requests_per_minute``, shared by every caller of one account."""
+    """An even schedule of routine calls under ``requests_per_minute``, shared by every caller of one account."""
 
     def __init__(self, requests_per_minute: float) -> None:
         self.requests_per_minute = float(requests_per_minute)
         self._lock = threading.Lock()
-        self._next = 0.0  # monotonic time of the next free slot for a routine call
+        self._next = 0.0  # monotonic time of the next free slot at the schedule's pace (before the burst)
         self._held_until = 0.0  # a 429 named this much time: routine calls wait for it
         self._slow_until = 0.0  # reduced pace until then
         self.granted = 0
@@ -48,15 +55,20 @@ class RequestBudget:
         self.rate_limited = 0
 
     @property
+    def per_window(self) -> float:
+        """Most calls the schedule puts into any ``WINDOW_S`` seconds, burst included."""
+        return max(1.0, self.requests_per_minute * (1.0 - HEADROOM) * WINDOW_S / 60.0)
+
+    @property
     def interval(self) -> float:
-        """Seconds between two routine calls at full pace: a minute holds the burst plus the paced calls, no more
-        than ``requests_per_minute`` in all."""
-        return 60.0 / (self.requests_per_minute * (1.0 - min(BURST_S, 30.0) / 60.0))
+        """Seconds between two routine calls at full pace: a burst of ``BURST_S`` plus the paced calls of any
+        ``WINDOW_S`` seconds come to at most :attr:`per_window` calls."""
+        return (WINDOW_S + BURST_S) / max(1.0, self.per_window - 1.0)
 
     def _pace(self, now: float) -> float:
         if now < self._slow_until:
             # half pace right after a 429, recovering linearly over RECOVERY_S
-            left = (self._slow_until - now) / RECOVERY_S
+            left = min(1.0, (self._slow_until - now) / RECOVERY_S)
             return self.interval * (1.0 + left)
         return self.interval
 
@@ -69,9 +81,8 @@ class RequestBudget:
                 # the action takes the slot a poll would have had: polls after it move back by one
                 self._next = max(self._next, now) + self._pace(now)
                 return 0.0
-            # a short burst (BURST_S worth of calls) passes at once on an idle account; beyond it, the schedule
-            burst = 0.0 if now < self._slow_until else BURST_S  # no burst right after a 429
-            slot = max(self._next - burst, self._held_until, now)
+            # a call may go up to BURST_S ahead of the even schedule (an idle account's burst); never inside a hold
+            slot = max(self._next - BURST_S, self._held_until, now)
             self._next = max(self._next, slot) + self._pace(slot)
             self.granted += 1
             return slot - now
@@ -83,18 +94,33 @@ class RequestBudget:
             self.rate_limited += 1
             self._held_until = max(self._held_until, now + (retry_after if retry_after is not None else 10.0))
             self._slow_until = max(self._slow_until, self._held_until + RECOVERY_S)
+            # the schedule restarts when the hold ends, with no burst saved up for then
+            self._next = max(self._next, self._held_until + BURST_S)
+
+    def _after_wait(self, limited_before: int) -> float:
+        """After waiting for a slot: if a 429 arrived meanwhile and its hold is not over, a new slot's wait."""
+        if self.rate_limited == limited_before:
+            return 0.0
+        now = time.monotonic()
+        if now >= self._held_until:
+            return 0.0
+        return self.reserve(now=now)
 
     async def acquire_async(self, *, action: bool = False) -> None:
         """Wait (asynchronously) for a slot."""
+        limited = self.rate_limited
         wait = self.reserve(action=action)
-        if wait > 0:
+        while wait > 0:
             await asyncio.sleep(wait)
+            wait, limited = self._after_wait(limited), self.rate_limited
 
     def acquire(self, *, action: bool = False, sleep: Callable[[float], Any] | None = None) -> None:
         """Wait (blocking, with ``sleep``: default ``time.sleep``) for a slot."""
+        limited = self.rate_limited
         wait = self.reserve(action=action)
-        if wait > 0:
+        while wait > 0:
             (sleep or time.sleep)(wait)
+            wait, limited = self._after_wait(limited), self.rate_limited
 
 
 _BUDGETS: dict[tuple[str, str], RequestBudget] = {}

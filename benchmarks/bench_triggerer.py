@@ -109,9 +109,10 @@ class NaiveTrigger(BaseTrigger):
         extra = await get_async_extra_dejson(conn)
         url = f"{extra['base_url']}/api/v2/batch/process/{self.request_id}"
         form = {"grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password}
+        token_url = extra.get("auth_url") or extra["token_url"]
         while time.time() < self.deadline:
             async with httpx.AsyncClient(timeout=60) as client:
-                token = (await client.post(extra["token_url"], data=form)).json()["access_token"]
+                token = (await client.post(token_url, data=form)).json()["access_token"]
                 response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
                 POLLS[0] += 1
                 response.raise_for_status()

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Emulator, emulator, v2_payload
+from benchmarks._common import Emulator, emit, emulator, v2_payload
 
 LIST_ROUTE = "GET /api/v2/batch/process"
 GROUPS = 5
@@ -101,6 +101,7 @@ async def run_case(emu: Emulator, *, n: int, mode: str, poll: float, intervals: 
         "mode": mode,
         "n": n,
         "intervals": intervals,
+        "poll_s": poll,
         "list_calls": calls,
         "list_calls_per_interval": round(calls / intervals, 2),
         "token_fetches": tokens1 - tokens0,
@@ -165,6 +166,7 @@ def main() -> None:
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results)  # the last line, for run_all.py
 
 
 if __name__ == "__main__":

@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a rate-limit policy of the account, e.g. 600/60 (repeat for several at once; windows in emulated "
         "seconds); over it API calls get 429 with Retry-After in ms",
     )
+    p.add_argument(
+        "--token-rate-limit",
+        action="append",
+        default=None,
+        metavar="REQUESTS/SECONDS",
+        help="a rate-limit policy of the account's token requests, e.g. 30/60 (repeatable; counted apart from "
+        "API calls); over it token requests get 429 with Retry-After in ms",
+    )
     faults = p.add_argument_group("faults")
     for flag, (_, typ, help_) in FAULT_FLAGS.items():
         faults.add_argument(flag, type=typ, default=None, help=help_)
@@ -153,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         access_log=args.access_log,
         s3=s3_from_args(args),
         rate_limits=tuple(args.rate_limit or ()),
+        token_rate_limits=tuple(args.token_rate_limit or ()),
     )
 
 

@@ -318,6 +318,9 @@ def _token_routes(app: FastAPI, st: EmulatorState) -> None:
                 pass
         if not st.tokens.credentials_ok(client_id, secret):
             return JSONResponse(INVALID_CLIENT, 401)
+        retry_after_ms = st.token_rate_limiter.admit(str(client_id), time.monotonic())
+        if retry_after_ms is not None:
+            return _fault_response(429, retry_after_ms)
         grant = form.get("grant_type")
         if grant != "client_credentials":
             description = "Missing form parameter: grant_type" if not grant else "Unsupported grant_type"
@@ -475,11 +478,16 @@ def _control_routes(app: FastAPI, st: EmulatorState) -> None:
         return st.stats()
 
     async def get_rate_limits(_: Request) -> Any:
-        return st.rate_limiter.stats()
+        return st.rate_limit_stats()
 
     async def set_rate_limits(request: Request) -> Any:
         body = await _json_or_empty(request)
-        return {"policies": st.set_rate_limits(body.get("policies") or [])}
+        answer = {}
+        if "token_policies" in body:
+            answer["token_policies"] = st.set_rate_limits(body["token_policies"] or [], tokens=True)
+        if "policies" in body or not answer:
+            answer["policies"] = st.set_rate_limits(body.get("policies") or [])
+        return answer
 
     async def get_faults(_: Request) -> Any:
         return st.faults.faults.to_dict()

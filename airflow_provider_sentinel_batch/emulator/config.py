@@ -188,6 +188,9 @@ class EmulatorConfig:
     """Rate-limit policies of the account (its client id), all enforced at once: ``["600/60", "30/1"]`` (requests
     per emulated seconds; also ``(600, 60)`` or ``{"requests": 600, "window_s": 60}``). Over any of them an API
     call gets ``429 RATE_LIMIT_EXCEEDED`` with ``Retry-After`` in milliseconds (wall clock)."""
+    token_rate_limits: Any = ()
+    """Rate-limit policies of the account's token requests, in the same forms as ``rate_limits`` and counted
+    apart from API calls: over any of them a token request gets the same 429 (``()``: token requests unlimited)."""
     log_level: str = "warning"
     access_log: bool = False
 
@@ -212,6 +215,7 @@ class EmulatorConfig:
         from .ratelimit import parse_limits
 
         parse_limits(self.rate_limits)
+        parse_limits(self.token_rate_limits)
         if self.s3 is not None:
             self.s3.validate()
         if not self.allow_remote_bind and not is_loopback_host(self.host):

@@ -199,9 +199,10 @@ class EmulatorServer(Service):
         """Switch every fault off (the configured ones too); returns the settings now in force."""
         return self.state.clear_faults()
 
-    def set_rate_limits(self, policies: Any) -> list[dict[str, Any]]:
-        """Replace the account's rate-limit policies (``["600/60"]``; ``[]``: none)."""
-        return self.state.set_rate_limits(policies)
+    def set_rate_limits(self, policies: Any, *, tokens: bool = False) -> list[dict[str, Any]]:
+        """Replace the account's rate-limit policies (``["600/60"]``; ``[]``: none) of API calls, or with
+        ``tokens=True`` of token requests."""
+        return self.state.set_rate_limits(policies, tokens=tokens)
 
     def reset(self) -> None:
         """Start afresh: no jobs, stats or outputs; configured faults and clock again. Tokens stay valid."""

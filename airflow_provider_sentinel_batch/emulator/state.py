@@ -252,7 +252,7 @@ class EmulatorState:
         self.outputs = OutputWriter(self.data_dir, config.s3)
         self.tokens = TokenIssuer(config.client_id, config.client_secret, config.seed)
         self.faults = FaultInjector(config.faults, config.seed)
-        self.rate_limiter = RateLimiter(parse_limits(config.rate_limits), config.time_scale)
+        self._new_rate_limiters()
         self.user_id = str(uuid.uuid5(_NS, f"user:{config.client_id}"))
         self.account_id = str(uuid.uuid5(_NS, f"account:{config.client_id}"))
         self._init_world()
@@ -283,7 +283,7 @@ class EmulatorState:
             self.faults.injected.clear()
             self.faults.reseed()
             self.clock = Clock(self.config.time_scale)
-            self.rate_limiter = RateLimiter(parse_limits(self.config.rate_limits), self.config.time_scale)
+            self._new_rate_limiters()
             if self.owns_data_dir:
                 for child in self.data_dir.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -303,12 +303,23 @@ class EmulatorState:
             self.faults.set(FaultConfig())
             return self.faults.faults
 
-    def set_rate_limits(self, values: Any) -> list[dict[str, Any]]:
-        """Replace the account's rate-limit policies (``[]``: none); counts of 429s so far are kept."""
+    def _new_rate_limiters(self) -> None:
+        """The configured policies of API calls and of token requests, with nothing counted yet."""
+        scale = self.config.time_scale
+        self.rate_limiter = RateLimiter(parse_limits(self.config.rate_limits), scale)
+        self.token_rate_limiter = RateLimiter(parse_limits(self.config.token_rate_limits), scale)
+
+    def set_rate_limits(self, values: Any, *, tokens: bool = False) -> list[dict[str, Any]]:
+        """Replace the account's rate-limit policies of API calls (``tokens``: of token requests; ``[]``:
+        none); counts of 429s so far are kept."""
         limits = parse_limits(values)
         with self.lock:
-            self.rate_limiter.set(limits)
+            (self.token_rate_limiter if tokens else self.rate_limiter).set(limits)
         return [limit.to_dict() for limit in limits]
+
+    def rate_limit_stats(self) -> dict[str, Any]:
+        """Policies and counts of API calls, with those of token requests under ``"token"``."""
+        return {**self.rate_limiter.stats(), "token": self.token_rate_limiter.stats()}
 
     def revoke_tokens(self) -> None:
         """Invalidate every token issued so far (the next API call with one gets 401)."""
@@ -328,6 +339,7 @@ class EmulatorState:
         with self.lock:
             self.clock.set_scale(time_scale)
             self.rate_limiter.time_scale = time_scale
+            self.token_rate_limiter.time_scale = time_scale
 
     def set_pu_budget(self, budget: float | None) -> None:
         """The account's PU budget (``None``: unlimited); spending so far is kept."""
@@ -449,7 +461,7 @@ class EmulatorState:
                 "calls": dict(sorted(self.calls.items())),
                 "responses": dict(sorted(self.responses.items())),
                 "faults_injected": dict(sorted(self.faults.injected.items())),
-                "rate_limits": self.rate_limiter.stats(),
+                "rate_limits": self.rate_limit_stats(),
                 "jobs": {k: dict(v) for k, v in by_status.items()},
                 "time_scale": self.clock.scale,
                 "emulated_seconds": round(now, 3),

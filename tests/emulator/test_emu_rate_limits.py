@@ -85,3 +85,86 @@ def test_windows_are_emulated_time_and_retry_after_is_wall_ms() -> None:
     assert limiter.admit("c", 100.5) == 500  # the first leaves the window at 101.0
     assert limiter.admit("other", 100.5) is None  # per client id
     assert limiter.admit("c", 101.01) is None
+
+
+def _token_form(emu: EmulatorServer) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_id": emu.client_id,
+        "client_secret": emu.client_secret,
+    }
+
+
+def test_token_requests_have_their_own_policies(api: Api, emu: EmulatorServer) -> None:
+    _real_time(emu)
+    url = emu.base_url + "/_emulator/rate-limits"
+    requests.post(url, json={"policies": ["5/60"]}, timeout=5).raise_for_status()
+    set_ = requests.post(url, json={"token_policies": ["2/60"]}, timeout=5)
+    before = emu.stats()["token_requests"]  # the api fixture's own token
+    assert set_.json() == {"token_policies": [{"requests": 2, "window_s": 60.0}]}
+    answers = [requests.post(emu.token_url, data=_token_form(emu), timeout=5) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json() == BODY
+    assert 55_000 <= int(answers[2].headers["Retry-After"]) <= 60_000
+    # counted apart: API calls do not use up the token policy, token requests not the API one
+    assert [api.get(GRIDS).status_code for _ in range(5)] == [200] * 5
+    assert api.get(GRIDS).status_code == 429
+    limits = requests.get(url, timeout=5).json()
+    assert limits["policies"] == [{"requests": 5, "window_s": 60.0}]  # a token_policies POST left these alone
+    assert limits["answered_429"] == 1
+    assert limits["token"]["policies"] == [{"requests": 2, "window_s": 60.0}]
+    assert limits["token"]["answered_429"] == 1
+    assert limits["token"]["admitted_by_client"] == {emu.client_id: 2}
+    stats = emu.stats()
+    assert (
+        stats["rate_limits"] == limits
+        and stats["token_requests"] == before + 3
+        and stats["responses"]["429"] == 2
+    )
+    # wrong credentials are refused before the policy counts them
+    wrong = requests.post(emu.token_url, data={**_token_form(emu), "client_secret": "nope"}, timeout=5)
+    assert wrong.status_code == 401
+    emu.set_rate_limits([], tokens=True)
+    assert requests.post(emu.token_url, data=_token_form(emu), timeout=5).status_code == 200
+
+
+def test_the_provider_waits_out_a_token_429() -> None:
+    from airflow_provider_sentinel_batch.auth import fetch_token_sync
+    from airflow_provider_sentinel_batch.deployments import ConnectionSettings
+    from airflow_provider_sentinel_batch.retry import RetryPolicy
+
+    server = EmulatorServer(token_rate_limits=["1/0.5"], time_scale=1.0)
+    with server:
+        settings = ConnectionSettings(
+            client_id=server.client_id,
+            client_secret=server.client_secret,
+            base_url=server.base_url,
+            token_url=server.token_url,
+        )
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            time.sleep(seconds)
+
+        assert fetch_token_sync(settings, policy=RetryPolicy(), sleep=sleep)["access_token"]
+        assert fetch_token_sync(settings, policy=RetryPolicy(), sleep=sleep)["access_token"]  # after a 429
+        assert (
+            len(waits) == 1 and 0.0 < waits[0] <= 0.6
+        )  # the Retry-After it named (with the policy's jitter)
+        assert server.stats()["rate_limits"]["token"]["answered_429"] == 1
+
+
+def test_token_policy_from_the_cli_and_the_marker() -> None:
+    config = config_from_args(build_parser().parse_args(["--token-rate-limit", "30/60"]))
+    config.validate()
+    assert parse_limits(config.token_rate_limits) == (RateLimit(requests=30, window_s=60),)
+    assert parse_limits(config.rate_limits) == ()
+
+
+@pytest.mark.sentinel_batch_emulator(token_rate_limits=["1/60"], time_scale=1.0)
+def test_token_policy_from_the_pytest_marker(sentinel_batch_emulator: EmulatorServer) -> None:
+    form = _token_form(sentinel_batch_emulator)
+    url = sentinel_batch_emulator.token_url
+    assert [requests.post(url, data=form, timeout=5).status_code for _ in range(2)] == [200, 429]
+    assert sentinel_batch_emulator.stats()["rate_limits"]["token"]["answered_429"] == 1

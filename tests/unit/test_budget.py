@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
+
 import pytest
 
 from airflow_provider_sentinel_batch.budget import (
     BURST_S,
     DEFAULT_REQUESTS_PER_MINUTE,
+    HEADROOM,
     RECOVERY_S,
     RequestBudget,
     budget_for,
@@ -32,17 +37,76 @@ def grant_times(budget: RequestBudget, n: int, now: float = 1000.0) -> list[floa
     return [now + budget.reserve(now=now) for _ in range(n)]
 
 
+def most_in_a_minute(times: list[float]) -> int:
+    """The largest number of ``times`` within any closed 60 s window (the service counts a sliding window)."""
+    ordered = sorted(times)
+    first, best = 0, 0
+    for i, t in enumerate(ordered):
+        while ordered[first] < t - 60.0:
+            first += 1
+        best = max(best, i - first + 1)
+    return best
+
+
 def test_polls_due_together_are_spread_evenly_after_a_short_burst():
     budget = RequestBudget(600)
-    step = budget.interval  # a little over 0.1 s: the burst is part of the 600
+    step = budget.interval  # a little over 0.1 s: the burst and the headroom are part of the 600
     times = grant_times(budget, 1000)
     burst = sum(1 for t in times if t < 1000.0 + 1e-6)
     assert burst - 1 <= BURST_S / step <= burst  # an idle account lets a short burst through
     gaps = [b - a for a, b in zip(times[burst:], times[burst + 1 :], strict=False)]
     assert all(gap == pytest.approx(step) for gap in gaps)
     assert times[-1] - 1000.0 == pytest.approx((1000 - burst) * step, abs=step)
-    # never more than 600 within any minute
-    assert max(sum(1 for t in times if start <= t < start + 60.0) for start in times) <= 600
+    # never more than the limit less the headroom within any minute, burst included; and not much less
+    assert 600 * (1 - HEADROOM) - 1 <= most_in_a_minute(times) <= 600 * (1 - HEADROOM)
+    assert 60.0 / step > 600 * (1 - HEADROOM) * 0.95  # the sustained pace stays close to that
+
+
+def test_no_minute_holds_more_than_the_budget_whatever_the_arrivals_and_429s():
+    rng = random.Random(7)
+    for rpm in (10, 60, 600):
+        budget = RequestBudget(rpm)
+        slots: list[float] = []
+        now = 0.0
+        for _ in range(3000):
+            now += rng.expovariate(rpm / 60.0 * rng.choice((0.3, 1.0, 3.0)))  # idle spells and floods
+            if rng.random() < 0.01:
+                budget.rate_limited_for(rng.choice((None, 0.5, 3.4)), now=now)
+            if rng.random() < 0.02:
+                budget.reserve(action=True, now=now)
+                continue
+            slots.append(now + budget.reserve(now=now))
+        assert most_in_a_minute(slots) <= rpm * (1 - HEADROOM), rpm
+
+
+def test_the_burst_never_jumps_a_queue_when_the_pace_recovers():
+    budget = RequestBudget(600)
+    budget.rate_limited_for(1.0, now=1000.0)  # held for 1 s, then half pace recovering over a minute
+    # polls keep asking twice as fast as the full pace allows: a queue that outlasts the slow minute
+    asks = [1000.0 + i * budget.interval / 2 for i in range(2000)]
+    times = [now + budget.reserve(now=now) for now in asks]
+    assert asks[-1] > 1001.0 + RECOVERY_S
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= budget.interval * (1 - 1e-9)  # evenly spaced throughout: no burst once it is over
+    assert times[0] == pytest.approx(1001.0)  # the first poll goes when the hold ends
+    assert most_in_a_minute(times) <= 600 * (1 - HEADROOM)
+
+
+def test_a_poll_waiting_inside_a_new_429_hold_takes_a_slot_after_it():
+    budget = RequestBudget(60)
+    grant_times(budget, 5, now=time.monotonic())  # the burst is used up: the next poll waits
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 1:
+            budget.rate_limited_for(5.0)  # another call's 429 arrives while this poll waits
+
+    budget.acquire(sleep=sleep)
+    assert len(waits) == 2 and waits[1] == pytest.approx(5.0, abs=0.5)  # a new slot after the hold
+    unrelated: list[float] = []
+    budget.acquire(sleep=unrelated.append)  # no new 429 while it waits: one wait, on the slowed schedule
+    assert len(unrelated) == 1
 
 
 def test_actions_never_wait_behind_polls_and_polls_make_room():
