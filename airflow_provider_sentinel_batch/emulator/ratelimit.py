@@ -40,6 +40,7 @@ class RateLimit:
         return cls(requests=int(requests), window_s=float(window))
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as the control plane shows it: ``{"requests": N, "window_s": S}``."""
         return {"requests": self.requests, "window_s": self.window_s}
 
 
@@ -60,6 +61,7 @@ class RateLimiter:
         self.passed: Counter[str] = Counter()  # requests per client id that passed
 
     def set(self, limits: tuple[RateLimit, ...]) -> None:
+        """Replace the policies (empty: no limit) and forget the requests counted so far."""
         with self._lock:
             self.limits = limits
             self._seen.clear()
@@ -91,6 +93,7 @@ class RateLimiter:
             return None
 
     def stats(self) -> dict[str, Any]:
+        """The policies and the counts of admitted and refused requests, for ``/_emulator/stats``."""
         with self._lock:
             return {
                 "policies": [limit.to_dict() for limit in self.limits],
