@@ -61,7 +61,7 @@ class RateLimiter:
         self.passed: Counter[str] = Counter()  # requests per client id that passed
 
     def set(self, limits: tuple[RateLimit, ...]) -> None:
-        """Replace the policies (empty: no limit) and forget the requests counted so far."""
+        """Replace the policies (empty: no limit) and restart their windows (the totals in stats stay)."""
         with self._lock:
             self.limits = limits
             self._seen.clear()
