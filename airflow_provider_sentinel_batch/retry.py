@@ -144,14 +144,21 @@ class RetryPolicy:
     """Bounds for one API call. All durations in seconds. Primitive fields, so it serializes into triggers."""
 
     max_attempts: int = 6
+    """Tries of a call that meets server errors (5xx) or a broken connection."""
     max_rate_limited: int = 30
+    """429 answers one call waits out before it gives up."""
     backoff_initial: float = 1.0
+    """First wait after a server error; doubles per failure up to ``backoff_max``."""
     backoff_max: float = 60.0
     jitter: float = 0.5
+    """Share of each backoff drawn at random (0.5: between half and the whole), so clients spread out."""
     default_retry_after: float = 10.0
+    """Wait after a 429 without ``Retry-After`` (the service sends it in milliseconds)."""
     max_retry_after: float = 300.0
     not_found_grace: float = 180.0
+    """How long a request that was just created may answer 404 (the service is eventually consistent)."""
     max_call_seconds: float = 1800.0
+    """Wall-clock bound of one call, retries included."""
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as primitives (for trigger kwargs)."""
